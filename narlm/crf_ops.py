@@ -1,0 +1,610 @@
+"""Pure `jnp` maths of the linear-chain CRF and the dynamic (low-rank, beam) CRF.
+
+The dynamic CRF (Sun et al. 2019, "Fast Structured Decoding for Sequence
+Models") scores a target sequence y_1..y_T given per-position emission scores
+s_t(v) and a transition matrix M [V, V]:
+
+    score(y) = sum_t s_t(y_t) + sum_{t>=1} M[y_{t-1}, y_t]
+    log p(y) = score(y) - log Z,   Z = sum_{y'} exp(score(y')).
+
+Two approximations make this tractable for a 30k vocabulary:
+
+* low rank: M = E1 @ E2^T with E1, E2 [V, R]; M[a, b] = e1[a] . e2[b].
+* beam: Z is summed only over paths whose token at each position is among the
+  K tokens with the highest emission at that position.  In training the gold
+  token is forced into the beam so that log p(gold) <= 0 stays a proper bound.
+
+Conventions shared by every function here:
+
+* ``emissions`` [B, T, V], any float dtype, finite (mask unwanted tokens
+  with a large negative number, not -inf: an all -inf slice has NaN
+  gradients).  Everything that sums or
+  log-sum-exps (transition dot products, forward algorithm, path scores) runs
+  in (at least) float32 even when emissions/factors are bfloat16: a T-step
+  forward recursion in bf16 (8 bits of mantissa) loses most of log Z's
+  precision.
+* ``mask`` [B, T], bool or 0/1 (any nonzero entry counts as valid).  Masks are
+  assumed LEFT-ALIGNED: the valid positions of a row are a prefix 0..L-1.
+  Masked positions contribute nothing and carry the forward state over
+  unchanged, so a row's result equals the computation on the unpadded row.
+  A row with no valid position (L = 0) has, by definition, log Z = 0,
+  numerator = 0, Viterbi score = 0 and all-pad tokens (the empty sequence has
+  exactly one path, of score 0); this keeps log-likelihoods of empty rows at
+  0 and their gradients at 0.  Masks with holes are not supported (the result
+  is finite but unspecified).
+* ``targets`` [B, T] integer; values at masked positions are ignored (but are
+  still used as gather indices, so keep them in [0, V)).
+* Results are float32 [B] arrays (token outputs int32 [B, T]); float64
+  inputs (with jax_enable_x64) are computed and returned in float64.
+
+Internally both the beam CRF and the exact CRF reduce to one generic core:
+"K candidates per position, with candidate emissions ``cand_em`` [B, T, K] and
+K x K transitions per step ``trans`` ([B, T-1, K, K], or a shared [K, K])".
+The beam CRF builds the candidates with top-k; the exact CRF uses all V tokens
+as candidates with the dense transition matrix.
+
+Each core has a sequential ``lax.scan`` path (O(T) depth, O(T K^2) work) and a
+``parallel=True`` path built on ``lax.associative_scan`` over semiring matrix
+products (O(log T) depth, O(T K^3) work and O(T K^3) temporary memory, since
+a log-semiring product is materialised as a [.., K, K, K] broadcast before
+the reduction).  The parallel path only pays off for long sequences with a
+small K on an accelerator; the two paths agree to float rounding.
+
+All argument checks look only at static shapes/dtypes, so the functions can
+be jitted (``beam_size`` and ``parallel`` must then be static).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+# Stand-in for log(0) in the identity element of the (log / max-plus)
+# semirings used by the parallel paths.  It is finite on purpose: with a true
+# -inf, logsumexp over an all-(-inf) slice has gradient 0 * inf = nan.  It is
+# so negative that exp(_NEG_INF - x) underflows to exactly 0 in float32 for any
+# realistic score x (so identity products are exact), and a sum of two of them
+# (-2e30) is still representable in float32.
+_NEG_INF = -1e30
+
+
+def _acc_dtype(*arrays) -> jnp.dtype:
+  """Accumulation dtype: float32, or float64 if an input is float64."""
+  return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+
+
+# ---------------------------------------------------------------------------
+# Input checks (static shapes only: they run at trace time under jit).
+# ---------------------------------------------------------------------------
+
+
+def _check_emissions(emissions) -> Tuple[int, int, int]:
+  if emissions.ndim != 3:
+    raise ValueError(
+        f'`emissions` must have shape [B, T, V]; got shape {emissions.shape}.')
+  if not jnp.issubdtype(emissions.dtype, jnp.floating):
+    raise ValueError(
+        f'`emissions` must be a float array; got dtype {emissions.dtype}.')
+  b, t, v = emissions.shape
+  if t == 0:
+    raise ValueError(
+        f'`emissions` has an empty sequence axis (T == 0, shape '
+        f'{emissions.shape}); the CRF needs T >= 1 (mask rows out instead).')
+  if v == 0:
+    raise ValueError(
+        f'`emissions` has an empty vocabulary axis (V == 0, shape '
+        f'{emissions.shape}).')
+  return b, t, v
+
+
+def _check_mask(mask, emissions) -> Array:
+  mask = jnp.asarray(mask)
+  if mask.shape != emissions.shape[:2]:
+    raise ValueError(
+        f'`mask` shape {mask.shape} does not match emissions [B, T] = '
+        f'{emissions.shape[:2]} (emissions shape {emissions.shape}).')
+  # Any nonzero weight (e.g. decoder_loss_weights == 1.0) marks a valid step.
+  return mask.astype(bool)
+
+
+def _check_targets(targets, emissions) -> Array:
+  targets = jnp.asarray(targets)
+  if targets.shape != emissions.shape[:2]:
+    raise ValueError(
+        f'`targets` shape {targets.shape} does not match emissions [B, T] = '
+        f'{emissions.shape[:2]} (emissions shape {emissions.shape}).')
+  if not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise ValueError(
+        f'`targets` must be an integer array; got dtype {targets.dtype}.')
+  return targets.astype(jnp.int32)
+
+
+def _check_factors(e1, e2, vocab_size: int) -> Tuple[Array, Array]:
+  e1 = jnp.asarray(e1)
+  e2 = jnp.asarray(e2)
+  if e1.ndim != 2 or e2.ndim != 2:
+    raise ValueError(
+        f'`e1` and `e2` must have shape [V, R]; got e1 {e1.shape}, '
+        f'e2 {e2.shape}.')
+  if e1.shape != e2.shape:
+    raise ValueError(
+        f'`e1` and `e2` must have the same shape [V, R]; got e1 {e1.shape} '
+        f'!= e2 {e2.shape}.')
+  if e1.shape[0] != vocab_size:
+    raise ValueError(
+        f'`e1`/`e2` vocab size {e1.shape[0]} (shape {e1.shape}) does not '
+        f'match the emissions vocab size V = {vocab_size}.')
+  return e1, e2
+
+
+def _check_transitions(transitions, vocab_size: int) -> Array:
+  transitions = jnp.asarray(transitions)
+  if transitions.shape != (vocab_size, vocab_size):
+    raise ValueError(
+        f'`transitions` must have shape [V, V] = ({vocab_size}, {vocab_size}) '
+        f'to match the emissions vocab size; got {transitions.shape}.')
+  return transitions
+
+
+def _check_beam_size(beam_size, vocab_size: int) -> int:
+  if isinstance(beam_size, bool) or not isinstance(beam_size,
+                                                   numbers.Integral):
+    raise ValueError(
+        f'`beam_size` must be a static Python int; got {beam_size!r} '
+        f'({type(beam_size).__name__}).')
+  beam_size = int(beam_size)
+  if not 1 <= beam_size <= vocab_size:
+    raise ValueError(
+        f'`beam_size` must satisfy 1 <= beam_size <= V = {vocab_size}; got '
+        f'beam_size = {beam_size}.')
+  return beam_size
+
+
+# ---------------------------------------------------------------------------
+# Building blocks.
+# ---------------------------------------------------------------------------
+
+
+def low_rank_transitions(e1: Array, e2: Array) -> Array:
+  """Dense transition matrix of the low-rank factors.
+
+  Args:
+    e1: [V, R] left factor (the "from" token's embedding).
+    e2: [V, R] right factor (the "to" token's embedding).
+
+  Returns:
+    [V, V] float32 (float64 for float64 input), M[a, b] = e1[a] . e2[b].  Only sensible for small V.
+  """
+  e1 = jnp.asarray(e1)
+  e2 = jnp.asarray(e2)
+  if e1.ndim != 2 or e1.shape != e2.shape:
+    raise ValueError(
+        f'`e1` and `e2` must both have shape [V, R]; got e1 {e1.shape}, '
+        f'e2 {e2.shape}.')
+  dtype = _acc_dtype(e1, e2)
+  return jnp.einsum('ar,br->ab', e1.astype(dtype), e2.astype(dtype),
+                    precision=lax.Precision.HIGHEST)
+
+
+def beam_candidates(emissions: Array,
+                    beam_size: int,
+                    targets: Optional[Array] = None) -> Tuple[Array, Array]:
+  """The beam: top-k tokens per position by emission score.
+
+  Args:
+    emissions: [B, T, V] float.
+    beam_size: K, static int in [1, V].
+    targets: optional [B, T] int; if given, the gold token of every position
+      is forced into the beam (so the beam log Z covers the gold path and
+      log-likelihood = numerator - log Z <= 0).
+
+  Returns:
+    cand_tokens: [B, T, K] int32 token ids of the beam, in descending order of
+      (boosted) emission.
+    cand_em: [B, T, K] float32 emissions of those tokens (real, un-boosted
+      values).
+  """
+  emissions = jnp.asarray(emissions)
+  _, _, v = _check_emissions(emissions)
+  beam_size = _check_beam_size(beam_size, v)
+  scores = emissions
+  if targets is not None:
+    targets = _check_targets(targets, emissions)
+    # +inf guarantees the gold token survives top_k whatever its emission.
+    # The boost stays in the input dtype (bf16 has inf) so that the [B, T, V]
+    # tensor is never up-cast; only the K gathered values are.
+    is_gold = (jnp.arange(v, dtype=jnp.int32)[None, None, :] ==
+               targets[:, :, None])
+    scores = jnp.where(is_gold, jnp.asarray(jnp.inf, emissions.dtype),
+                       emissions)
+  # top_k indices carry no gradient; the gradient reaches the emissions
+  # through the gather below.
+  _, cand_tokens = lax.top_k(lax.stop_gradient(scores), beam_size)
+  cand_tokens = cand_tokens.astype(jnp.int32)
+  cand_em = jnp.take_along_axis(emissions, cand_tokens, axis=-1)
+  return cand_tokens, cand_em.astype(_acc_dtype(emissions))
+
+
+def beam_transitions(cand_tokens: Array, e1: Array, e2: Array) -> Array:
+  """Transition scores between the beams of consecutive positions.
+
+  Args:
+    cand_tokens: [B, T, K] int token ids of the beam.
+    e1, e2: [V, R] low-rank factors.
+
+  Returns:
+    [B, T-1, K, K] float32; entry [b, t, i, j] is the score of moving from
+    candidate i at position t to candidate j at position t+1.
+  """
+  dtype = _acc_dtype(e1, e2)
+  left = jnp.take(e1, cand_tokens[:, :-1], axis=0).astype(dtype)
+  right = jnp.take(e2, cand_tokens[:, 1:], axis=0).astype(dtype)
+  # [B, T-1, K, R] x [B, T-1, K, R] -> [B, T-1, K, K], accumulated in f32.
+  return jnp.einsum('btir,btjr->btij', left, right,
+                    precision=lax.Precision.HIGHEST)
+
+
+def _path_score(target_em: Array, target_trans: Array, mask: Array) -> Array:
+  """Score of one path given its per-position emissions and transitions.
+
+  target_em [B, T] f32, target_trans [B, T-1] f32, mask [B, T] bool -> [B].
+  Transition t-1 -> t counts iff position t is valid (left-aligned masks).
+  """
+  score = jnp.sum(jnp.where(mask, target_em, 0.0), axis=-1)
+  score += jnp.sum(jnp.where(mask[:, 1:], target_trans, 0.0), axis=-1)
+  return score
+
+
+def crf_numerator(emissions: Array, targets: Array, mask: Array, e1: Array,
+                  e2: Array) -> Array:
+  """Unnormalised score of the target path under the low-rank CRF.
+
+  Args:
+    emissions: [B, T, V] float.
+    targets: [B, T] int.
+    mask: [B, T] bool/0-1, left-aligned.
+    e1, e2: [V, R] low-rank transition factors.
+
+  Returns:
+    [B] float32: sum_t s_t(y_t) + sum_{t>=1} e1[y_{t-1}] . e2[y_t] over the
+    valid positions.
+  """
+  emissions = jnp.asarray(emissions)
+  _, _, v = _check_emissions(emissions)
+  mask = _check_mask(mask, emissions)
+  targets = _check_targets(targets, emissions)
+  e1, e2 = _check_factors(e1, e2, v)
+  target_em = jnp.take_along_axis(emissions, targets[..., None], axis=-1)
+  target_em = target_em[..., 0].astype(_acc_dtype(emissions))
+  dtype = _acc_dtype(e1, e2)
+  left = jnp.take(e1, targets[:, :-1], axis=0).astype(dtype)
+  right = jnp.take(e2, targets[:, 1:], axis=0).astype(dtype)
+  target_trans = jnp.sum(left * right, axis=-1)
+  return _path_score(target_em, target_trans, mask)
+
+
+def exact_numerator(emissions: Array, targets: Array, mask: Array,
+                    transitions: Array) -> Array:
+  """Like `crf_numerator` with a dense `transitions` [V, V] matrix. -> [B]."""
+  emissions = jnp.asarray(emissions)
+  _, _, v = _check_emissions(emissions)
+  mask = _check_mask(mask, emissions)
+  targets = _check_targets(targets, emissions)
+  transitions = _check_transitions(transitions, v)
+  dtype = _acc_dtype(emissions, transitions)
+  transitions = transitions.astype(dtype)
+  target_em = jnp.take_along_axis(emissions, targets[..., None], axis=-1)
+  target_em = target_em[..., 0].astype(dtype)
+  target_trans = transitions[targets[:, :-1], targets[:, 1:]]
+  return _path_score(target_em, target_trans, mask)
+
+
+# ---------------------------------------------------------------------------
+# Generic core: K candidates per position, K x K transitions per step.
+# ---------------------------------------------------------------------------
+
+
+def _time_major_trans(trans: Array):
+  """Per-step transitions as scan inputs; None if shared across steps."""
+  if trans.ndim == 2:
+    return None
+  return jnp.swapaxes(trans, 0, 1)  # [T-1, B, K, K]
+
+
+def _step_matrices(cand_em: Array, mask: Array, trans: Array) -> Array:
+  """Semiring step matrices for the parallel paths.
+
+  M_t[i, j] = trans_{t-1}[i, j] + cand_em_t[j] for a valid step t (1..T-1),
+  and the semiring identity (0 on the diagonal, "-inf" elsewhere) for a
+  masked step, so that masked steps carry the state over unchanged:
+  alpha_t = alpha_{t-1} (x) M_t.
+
+  Returns [B, T-1, K, K] float32.
+  """
+  k = cand_em.shape[-1]
+  mats = trans + cand_em[:, 1:, None, :]  # trans broadcasts if [K, K]
+  eye = jnp.where(jnp.eye(k, dtype=bool), 0.0, _NEG_INF).astype(mats.dtype)
+  return jnp.where(mask[:, 1:, None, None], mats, eye)
+
+
+def _log_matmul(a: Array, b: Array) -> Array:
+  """Log-semiring product: out[..,i,j] = logsumexp_k a[..,i,k] + b[..,k,j]."""
+  return jax.nn.logsumexp(a[..., :, :, None] + b[..., None, :, :], axis=-2)
+
+
+def _max_plus_matmul(a: Array, b: Array) -> Array:
+  """Max-plus product: out[..,i,j] = max_k a[..,i,k] + b[..,k,j]."""
+  return jnp.max(a[..., :, :, None] + b[..., None, :, :], axis=-2)
+
+
+def _log_partition_core(cand_em: Array, mask: Array, trans: Array,
+                        parallel: bool) -> Array:
+  """Forward algorithm over K candidates per position.
+
+  Args:
+    cand_em: [B, T, K] float32 candidate emissions.
+    mask: [B, T] bool, left-aligned.
+    trans: [B, T-1, K, K] or shared [K, K] float32 transitions.
+    parallel: associative scan instead of a sequential scan.
+
+  Returns:
+    [B] float32 log Z (0 for rows with no valid position).
+  """
+  t_len = cand_em.shape[1]
+  alpha0 = cand_em[:, 0]  # [B, K]
+  if t_len == 1:
+    alpha = alpha0
+  elif parallel:
+    mats = _step_matrices(cand_em, mask, trans)  # [B, T-1, K, K]
+    # Only the full product is needed for log Z; the last prefix is it.
+    total = lax.associative_scan(_log_matmul, mats, axis=1)[:, -1]
+    alpha = jax.nn.logsumexp(alpha0[:, :, None] + total, axis=1)
+  else:
+    trans_tm = _time_major_trans(trans)
+
+    def step(alpha, xs):
+      em_t, m_t, tr_t = xs
+      tr_t = trans if tr_t is None else tr_t
+      # new[b, j] = logsumexp_i alpha[b, i] + tr[b, i, j], then + em[b, j].
+      new = jax.nn.logsumexp(alpha[:, :, None] + tr_t, axis=1) + em_t
+      return jnp.where(m_t[:, None], new, alpha), None
+
+    xs = (jnp.swapaxes(cand_em[:, 1:], 0, 1), jnp.swapaxes(mask[:, 1:], 0, 1),
+          trans_tm)
+    alpha, _ = lax.scan(step, alpha0, xs)
+  log_z = jax.nn.logsumexp(alpha, axis=-1)
+  return jnp.where(jnp.any(mask, axis=-1), log_z, 0.0)
+
+
+def _backtrack_scan(bp: Array, last: Array) -> Array:
+  """Sequential backtrack. bp [B, T-1, K] (maps state at t+1 -> t), last [B].
+
+  Returns states [B, T] int32.
+  """
+
+  def step(s_next, bp_t):
+    s_t = jnp.take_along_axis(bp_t, s_next[:, None], axis=-1)[:, 0]
+    return s_t, s_t
+
+  _, states = lax.scan(step, last, jnp.swapaxes(bp, 0, 1), reverse=True)
+  return jnp.concatenate([jnp.swapaxes(states, 0, 1), last[:, None]], axis=1)
+
+
+def _backtrack_parallel(bp: Array, last: Array) -> Array:
+  """O(log T)-depth backtrack by composing back-pointer maps.
+
+  bp[:, t] is an index map f_t: state at t+1 -> state at t.  The state at t
+  is (f_t o f_{t+1} o ... o f_{T-2})(last); these suffix compositions are a
+  reverse associative scan (function composition is associative).  With
+  reverse=True, lax.associative_scan calls fn(later, earlier), so
+  fn(g, f) = f o g, i.e. (f o g)[j] = f[g[j]].
+  """
+
+  def compose(later, earlier):
+    return jnp.take_along_axis(earlier, later, axis=-1)
+
+  suffix = lax.associative_scan(compose, bp, reverse=True, axis=1)
+  states = jnp.take_along_axis(suffix, last[:, None, None], axis=-1)[..., 0]
+  return jnp.concatenate([states, last[:, None]], axis=1)
+
+
+def _viterbi_core(cand_em: Array, mask: Array, trans: Array,
+                  parallel: bool) -> Tuple[Array, Array]:
+  """Viterbi over K candidates per position.
+
+  Args: as `_log_partition_core`.
+
+  Returns:
+    states: [B, T] int32 candidate index (into the K axis) of the best path;
+      at masked positions the state of the last valid position is repeated
+      (callers replace those tokens by pad).
+    score: [B] float32 best path score (0 for empty rows).
+  """
+  b, t_len, k = cand_em.shape
+  delta0 = cand_em[:, 0]  # [B, K]
+  iota = jnp.arange(k, dtype=jnp.int32)
+  if t_len == 1:
+    last_delta = delta0
+    bp = None
+  elif parallel:
+    mats = _step_matrices(cand_em, mask, trans)
+    prefix = lax.associative_scan(_max_plus_matmul, mats, axis=1)
+    # delta_t = delta_0 (x) M_1 ... M_t for t = 1..T-1: [B, T-1, K].
+    deltas = jnp.max(delta0[:, None, :, None] + prefix, axis=2)
+    prev = jnp.concatenate([delta0[:, None], deltas[:, :-1]], axis=1)
+    # bp_t[j] = argmax_i delta_{t-1}[i] + trans_{t-1}[i, j]  (em_t[j] is a
+    # constant over i).  Identity map at masked steps carries the state.
+    bp = jnp.argmax(prev[..., :, None] + trans, axis=-2).astype(jnp.int32)
+    bp = jnp.where(mask[:, 1:, None], bp, iota)
+    last_delta = deltas[:, -1]
+  else:
+    trans_tm = _time_major_trans(trans)
+
+    def step(delta, xs):
+      em_t, m_t, tr_t = xs
+      tr_t = trans if tr_t is None else tr_t
+      scores = delta[:, :, None] + tr_t  # [B, K(from), K(to)]
+      bp_t = jnp.argmax(scores, axis=1).astype(jnp.int32)
+      new = jnp.max(scores, axis=1) + em_t
+      delta = jnp.where(m_t[:, None], new, delta)
+      bp_t = jnp.where(m_t[:, None], bp_t, iota)
+      return delta, bp_t
+
+    xs = (jnp.swapaxes(cand_em[:, 1:], 0, 1), jnp.swapaxes(mask[:, 1:], 0, 1),
+          trans_tm)
+    last_delta, bp = lax.scan(step, delta0, xs)
+    bp = jnp.swapaxes(bp, 0, 1)  # [B, T-1, K]
+  last = jnp.argmax(last_delta, axis=-1).astype(jnp.int32)
+  score = jnp.max(last_delta, axis=-1)
+  if bp is None:
+    states = last[:, None]
+  elif parallel:
+    states = _backtrack_parallel(bp, last)
+  else:
+    states = _backtrack_scan(bp, last)
+  score = jnp.where(jnp.any(mask, axis=-1), score, 0.0)
+  return states, score
+
+
+# ---------------------------------------------------------------------------
+# Public API: beam (dynamic) CRF.
+# ---------------------------------------------------------------------------
+
+
+def beam_log_partition(emissions: Array,
+                       mask: Array,
+                       e1: Array,
+                       e2: Array,
+                       beam_size: int,
+                       targets: Optional[Array] = None,
+                       parallel: bool = False) -> Array:
+  """Beam approximation of log Z under the low-rank CRF.
+
+  Sums exp(score) over the K^L paths whose token at each position is in that
+  position's beam (top-`beam_size` tokens by emission).  It is a lower bound
+  of the exact log Z, equal to it when beam_size == V.
+
+  Args:
+    emissions: [B, T, V] float.
+    mask: [B, T] bool/0-1, left-aligned.
+    e1, e2: [V, R] low-rank transition factors.
+    beam_size: K, static int in [1, V].
+    targets: optional [B, T] int gold tokens, forced into the beam (training).
+    parallel: use an associative scan (O(log T) depth) instead of lax.scan.
+
+  Returns:
+    [B] float32 log Z~ (0 for rows without valid positions).
+  """
+  emissions = jnp.asarray(emissions)
+  _, _, v = _check_emissions(emissions)
+  mask = _check_mask(mask, emissions)
+  e1, e2 = _check_factors(e1, e2, v)
+  cand_tokens, cand_em = beam_candidates(emissions, beam_size, targets)
+  trans = beam_transitions(cand_tokens, e1, e2)
+  return _log_partition_core(cand_em, mask, trans, parallel)
+
+
+def crf_log_likelihood(emissions: Array,
+                       targets: Array,
+                       mask: Array,
+                       e1: Array,
+                       e2: Array,
+                       beam_size: int,
+                       parallel: bool = False) -> Array:
+  """log p(targets) = numerator - beam log Z (gold forced into the beam).
+
+  Args: as `crf_numerator` and `beam_log_partition`.
+
+  Returns:
+    [B] float32 log-likelihood, <= 0 up to rounding (0 for empty rows).
+  """
+  numerator = crf_numerator(emissions, targets, mask, e1, e2)
+  log_z = beam_log_partition(
+      emissions, mask, e1, e2, beam_size, targets=targets, parallel=parallel)
+  return numerator - log_z
+
+
+def viterbi_decode(emissions: Array,
+                   mask: Array,
+                   e1: Array,
+                   e2: Array,
+                   beam_size: int,
+                   parallel: bool = False) -> Tuple[Array, Array]:
+  """Best path within the beam (top-`beam_size` tokens per position).
+
+  Args:
+    emissions: [B, T, V] float.
+    mask: [B, T] bool/0-1, left-aligned.
+    e1, e2: [V, R] low-rank transition factors.
+    beam_size: K, static int in [1, V].
+    parallel: max-plus associative scan for the forward scores and an
+      associative scan of composed back-pointer maps for the backtrack.
+
+  Returns:
+    tokens: [B, T] int32 best path; 0 (pad) at masked positions.
+    score: [B] float32 score of that path (0 for empty rows).
+  """
+  emissions = jnp.asarray(emissions)
+  _, _, v = _check_emissions(emissions)
+  mask = _check_mask(mask, emissions)
+  e1, e2 = _check_factors(e1, e2, v)
+  cand_tokens, cand_em = beam_candidates(emissions, beam_size)
+  trans = beam_transitions(cand_tokens, e1, e2)
+  states, score = _viterbi_core(cand_em, mask, trans, parallel)
+  tokens = jnp.take_along_axis(cand_tokens, states[..., None], axis=-1)[..., 0]
+  return jnp.where(mask, tokens, 0).astype(jnp.int32), score
+
+
+# ---------------------------------------------------------------------------
+# Public API: exact CRF with a dense transition matrix (small V only).
+# ---------------------------------------------------------------------------
+
+
+def exact_log_partition(emissions: Array,
+                        mask: Array,
+                        transitions: Array,
+                        parallel: bool = False) -> Array:
+  """Exact log Z over all V^L paths (dense `transitions` [V, V]).
+
+  Args:
+    emissions: [B, T, V] float.
+    mask: [B, T] bool/0-1, left-aligned.
+    transitions: [V, V] float, transitions[a, b] = score of a -> b.
+    parallel: associative scan instead of lax.scan.
+
+  Returns:
+    [B] float32 log Z (0 for rows without valid positions).
+  """
+  emissions = jnp.asarray(emissions)
+  _, _, v = _check_emissions(emissions)
+  mask = _check_mask(mask, emissions)
+  transitions = _check_transitions(transitions, v)
+  dtype = _acc_dtype(emissions, transitions)
+  return _log_partition_core(
+      emissions.astype(dtype), mask, transitions.astype(dtype), parallel)
+
+
+def exact_viterbi_decode(emissions: Array,
+                         mask: Array,
+                         transitions: Array,
+                         parallel: bool = False) -> Tuple[Array, Array]:
+  """Exact best path over the full vocabulary (dense `transitions` [V, V]).
+
+  Returns:
+    tokens: [B, T] int32 best path; 0 (pad) at masked positions.
+    score: [B] float32 score of that path (0 for empty rows).
+  """
+  emissions = jnp.asarray(emissions)
+  _, _, v = _check_emissions(emissions)
+  mask = _check_mask(mask, emissions)
+  transitions = _check_transitions(transitions, v)
+  dtype = _acc_dtype(emissions, transitions)
+  states, score = _viterbi_core(
+      emissions.astype(dtype), mask, transitions.astype(dtype), parallel)
+  return jnp.where(mask, states, 0).astype(jnp.int32), score

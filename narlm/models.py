@@ -1,0 +1,235 @@
+"""NagBertModel: t5x BaseModel-interface glue around `NagBertNetwork`.
+
+The class follows t5x's `BaseModel` contract (`loss_fn`, `eval_fn`,
+`predict_batch`, `predict_batch_with_aux`, `score_batch`,
+`get_initial_variables`, `FEATURE_CONVERTER_CLS`, `optimizer_def`,
+`input_vocabulary`, `output_vocabulary`) by duck typing, so real t5x can train
+it while narlm itself never imports t5x.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, MutableMapping, Optional
+
+import clu.metrics as clu_metrics
+import jax
+import jax.numpy as jnp
+
+from narlm import decoding
+from narlm import losses
+from narlm.feature_converters import NarFeatureConverter
+from narlm.modules.network import NagBertNetwork
+
+Batch = Mapping[str, jnp.ndarray]
+PyTree = Any
+
+
+def _average(total, count=1.0) -> clu_metrics.Average:
+  return clu_metrics.Average(total=jnp.asarray(total, jnp.float32),
+                             count=jnp.asarray(count, jnp.float32))
+
+
+def check_batch(batch: Batch, need_targets: bool = True) -> None:
+  """Clear errors for a malformed batch (static shapes, so fine under jit)."""
+  if "encoder_input_tokens" not in batch:
+    raise KeyError(f"batch has no 'encoder_input_tokens' (features: {sorted(batch)})")
+  tokens = batch["encoder_input_tokens"]
+  if tokens.ndim != 2:
+    raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {tokens.shape}")
+  if need_targets:
+    if "decoder_target_tokens" not in batch:
+      raise KeyError(f"batch has no 'decoder_target_tokens' (features: {sorted(batch)})")
+    for name in ("decoder_target_tokens", "decoder_loss_weights"):
+      if name in batch and batch[name].shape != tokens.shape:
+        raise ValueError(
+            f"{name} shape {batch[name].shape} differs from encoder_input_tokens "
+            f"{tokens.shape}: NAG-BERT predicts target i from input position i, so both "
+            "must be padded to the same length (use NarFeatureConverter)")
+
+
+class NagBertModel:
+  """Non-autoregressive generator (NAG-BERT) with a dynamic CRF.
+
+  Attributes:
+    module: the `NagBertNetwork`.
+    input_vocabulary / output_vocabulary: seqio vocabularies (usually equal).
+    optimizer_def: whatever the trainer optimises with (an optax
+      GradientTransformation for narlm's trainer, a t5x optimizer for t5x).
+    token_nll_weight: lambda in  CRF NLL + lambda * token NLL.
+    label_smoothing, unlikelihood_weight, unlikelihood_window: see losses.
+    decode_method: default for prediction: 'viterbi', 'argmax' or
+      'ratio_first' ('argmax' is forced when the network has no CRF).
+    ratio_first_alpha: alpha for ratio-first decoding.
+  """
+
+  def __init__(self, module: NagBertNetwork, input_vocabulary, output_vocabulary,
+               optimizer_def: Any = None, *, token_nll_weight: float = 0.5,
+               label_smoothing: float = 0.0, unlikelihood_weight: float = 0.0,
+               unlikelihood_window: int = 2, decode_method: str = "viterbi",
+               ratio_first_alpha: Optional[float] = None):
+    self.module = module
+    self.input_vocabulary = input_vocabulary
+    self.output_vocabulary = output_vocabulary
+    self.optimizer_def = optimizer_def
+    self.token_nll_weight = token_nll_weight
+    self.label_smoothing = label_smoothing
+    self.unlikelihood_weight = unlikelihood_weight
+    self.unlikelihood_window = unlikelihood_window
+    self.decode_method = decoding.check_decode_method(decode_method)
+    if decode_method == "ratio_first" and ratio_first_alpha is None:
+      raise ValueError("decode_method='ratio_first' needs ratio_first_alpha")
+    self.ratio_first_alpha = ratio_first_alpha
+    if output_vocabulary.eos_id is None:
+      raise ValueError("the output vocabulary has no eos id; NAG-BERT targets end in two eos")
+    self.eos_id = int(output_vocabulary.eos_id)
+    self.pad_id = int(getattr(output_vocabulary, "pad_id", 0) or 0)
+
+  # t5x reads FEATURE_CONVERTER_CLS from the instance and calls it with
+  # (pack=..., use_custom_packing_ops=...): bind our eos id here.
+  @property
+  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
+    return functools.partial(NarFeatureConverter, eos_id=self.eos_id, pad_id=self.pad_id)
+
+  # ------------------------------------------------------------------ init
+  def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, tuple],
+                            input_types: Optional[Mapping[str, Any]] = None) -> PyTree:
+    """Returns {'params': ..., 'params_axes': ...} for a batch of `input_shapes`."""
+    del input_types
+    shape = tuple(input_shapes["encoder_input_tokens"])
+    if len(shape) != 2:
+      raise ValueError(f"encoder_input_tokens shape must be [batch, length], got {shape}")
+    params_rng, dropout_rng = jax.random.split(rng)
+    variables = self.module.init({"params": params_rng, "dropout": dropout_rng},
+                                 jnp.ones(shape, jnp.int32), method=NagBertNetwork.initialize)
+    return variables
+
+  # ------------------------------------------------------------------ loss
+  def _logits(self, params, tokens, dropout_rng=None):
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply({"params": params}, tokens, deterministic=dropout_rng is None,
+                             rngs=rngs)
+
+  def _crf_log_likelihood(self, params, logits, targets, mask):
+    return self.module.apply({"params": params}, logits, targets, mask,
+                             method=NagBertNetwork.crf_log_likelihood)
+
+  def loss_fn(self, params: PyTree, batch: Batch,
+              dropout_rng: Optional[jax.Array]) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
+    """Scalar loss per target token and clu metrics (t5x's signature)."""
+    check_batch(batch)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights")
+    if weights is None:
+      weights = (targets != self.pad_id).astype(jnp.float32)
+    logits = self._logits(params, batch["encoder_input_tokens"], dropout_rng)
+    crf_ll = None
+    if self.module.use_crf:
+      crf_ll = self._crf_log_likelihood(params, logits, targets, weights > 0)
+    loss, aux = losses.nag_loss(
+        logits, targets, weights, crf_ll, token_nll_weight=self.token_nll_weight,
+        label_smoothing=self.label_smoothing, unlikelihood_weight=self.unlikelihood_weight,
+        unlikelihood_window=self.unlikelihood_window)
+    num_tokens = aux.pop("num_tokens")
+    correct = ((jnp.argmax(logits, -1) == targets) * weights).sum()
+    metrics = {
+        "loss": _average(loss),
+        "token_accuracy": _average(correct, jnp.maximum(num_tokens, 1.0)),
+        "num_tokens": clu_metrics.Average(total=num_tokens, count=jnp.float32(1.0)),
+    }
+    metrics.update({name: _average(value) for name, value in aux.items()})
+    return loss, metrics
+
+  def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
+    return self.loss_fn(params, batch, dropout_rng=None)
+
+  # ------------------------------------------------------------- inference
+  def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
+                    **kwargs) -> jnp.ndarray:
+    return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
+
+  def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
+                             *, decode_method: Optional[str] = None,
+                             alpha: Optional[float] = None, return_all_decodes: bool = False,
+                             num_decodes: int = 1, prompt_with_targets: bool = False,
+                             **unused_kwargs) -> tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
+    """Decodes every position in one parallel pass.
+
+    Args:
+      params: model parameters.
+      batch: needs 'encoder_input_tokens' [B, L].
+      rng: unused (decoding is deterministic); kept for t5x.
+      decode_method: 'argmax', 'viterbi' or 'ratio_first' (default: the
+        model's; 'argmax' when the network has no CRF).
+      alpha: ratio for 'ratio_first' (default: the model's).
+      return_all_decodes, num_decodes, prompt_with_targets: t5x arguments;
+        NAR decoding yields one decode, so num_decodes must be 1.
+
+    Returns:
+      tokens [B, L] int32 cut at the first eos (the eos and the tail are
+      pad), and aux {'scores': [B], 'length': [B]}.
+    """
+    del rng, prompt_with_targets, unused_kwargs
+    if num_decodes != 1:
+      raise ValueError(f"NAR decoding produces one output per input; num_decodes={num_decodes}")
+    check_batch(batch, need_targets=False)
+    method = decoding.check_decode_method(decode_method or self.decode_method)
+    if not self.module.use_crf:
+      method = "argmax"
+    tokens_in = batch["encoder_input_tokens"]
+    logits = self._logits(params, tokens_in)
+    mask = None
+    if method == "argmax":
+      tokens, scores = decoding.argmax_decode(logits)
+    else:
+      if method == "ratio_first":
+        alpha = alpha if alpha is not None else self.ratio_first_alpha
+        if alpha is None:
+          raise ValueError("ratio_first decoding needs alpha")
+        mask = decoding.ratio_first_mask(tokens_in, alpha, pad_id=self.pad_id)
+      else:
+        mask = jnp.ones(tokens_in.shape, bool)
+      tokens, scores = self.module.apply({"params": params}, logits, mask,
+                                         method=NagBertNetwork.crf_decode)
+    tokens, lengths = decoding.cut_at_first_eos(tokens, self.eos_id, self.pad_id, mask)
+    if return_all_decodes:
+      tokens, scores = tokens[:, None], scores[:, None]
+    return tokens, {"scores": scores, "length": lengths}
+
+  def score_batch(self, params: PyTree, batch: Batch,
+                  return_intermediates: bool = False) -> jnp.ndarray:
+    """[B] log-likelihood of the targets: the CRF's (beam-approximated) or
+    the sum of token log-probabilities without a CRF."""
+    if return_intermediates:
+      raise NotImplementedError("narlm does not return intermediates from score_batch")
+    check_batch(batch)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights")
+    if weights is None:
+      weights = (targets != self.pad_id).astype(jnp.float32)
+    logits = self._logits(params, batch["encoder_input_tokens"])
+    if self.module.use_crf:
+      return self._crf_log_likelihood(params, logits, targets, weights > 0)
+    return -losses.token_nll(logits, targets, weights).sum(axis=-1)
+
+  # ------------------------------------------------------------ warm start
+  def warm_start_from_hf_bert(self, params: PyTree, checkpoint: str) -> PyTree:
+    """Overlays a Hugging Face BERT checkpoint onto initialised params.
+
+    The encoder (and the MLM head, when the checkpoint has one) are loaded;
+    the CRF and anything the checkpoint lacks keep their initial values.
+    Raises ValueError when the checkpoint's architecture does not match the
+    model's (e.g. a different hidden size or vocabulary).
+    """
+    import logging  # pylint: disable=g-import-not-at-top
+    from narlm import hf_bert  # pylint: disable=g-import-not-at-top
+    hf_config, loaded = hf_bert.load_hf_bert(checkpoint)
+    ours = self.module.config
+    for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+      if getattr(hf_config, field) != getattr(ours, field):
+        raise ValueError(
+            f"checkpoint {checkpoint} has {field}={getattr(hf_config, field)} but the model "
+            f"has {field}={getattr(ours, field)}; use the matching model gin")
+    merged, report = hf_bert.merge_pretrained(params["bert"], loaded)
+    logging.info("warm start from %s: %s", checkpoint, report)
+    return dict(params, bert=merged)

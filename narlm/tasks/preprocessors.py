@@ -1,0 +1,221 @@
+"""seqio preprocessors and postprocessors for narlm tasks.
+
+Pretraining objective (`nar_denoise`)
+-------------------------------------
+NAG-BERT predicts every output position in parallel from the encoder state at
+the same position, with a CRF on top; the model is a BERT encoder, so it is
+pretrained as a *non-autoregressive denoiser* that looks like its fine-tuning
+tasks:
+
+  targets = a clean span of text (<= the row length minus the two eos),
+  inputs  = the same span corrupted by
+    1. span deletion: about `delete_rate` (10%) of the tokens are removed, in
+       spans of `delete_span` (3) tokens, so the output is *longer* than the
+       input and the model must learn to place tokens at positions beyond the
+       aligned source token -- the situation of summarisation (output shorter)
+       and translation (either way) that plain MLM, whose output has the
+       input's length, never shows it;
+    2. BERT-style masking of the remaining tokens: `mask_rate` (15%) are
+       selected; of those 80% become the mask token, 10% a random regular
+       token and 10% stay unchanged (so the model cannot trust unmasked
+       tokens blindly).
+
+The loss (CRF NLL + token NLL in narlm.losses) then covers every target
+position, not only the masked ones, which also trains the CRF transitions
+and the eos/eos ending. No token shuffling is done: local reordering is what
+the CRF's transition scores model, and permuted inputs made the deletion
+alignment ambiguous at no clear gain; it can be added as another step.
+
+All randomness uses stateless ops seeded by `seqio.map_over_dataset(
+num_seeds=...)`, so the corruption is deterministic given seqio's seed
+(`Task.get_dataset(..., seed=...)`) and differs between examples and epochs
+of a shuffled, unseeded pipeline.
+"""
+
+import functools
+from typing import Any, Mapping, Optional, Sequence
+
+import seqio
+import tensorflow as tf
+
+
+# ----------------------------------------------------------------- generic
+def filter_empty(dataset: tf.data.Dataset,
+                 keys: Sequence[str] = ("inputs",)) -> tf.data.Dataset:
+  """Drops examples where any of `keys` is an empty token sequence/string."""
+  def keep(ex):
+    ok = tf.constant(True)
+    for k in keys:
+      v = ex[k]
+      size = tf.strings.length(v) if v.dtype == tf.string else tf.size(v)
+      ok = tf.logical_and(ok, size > 0)
+    return ok
+  return dataset.filter(keep)
+
+
+filter_empty_inputs = functools.partial(filter_empty, keys=("inputs",))
+filter_empty_targets = functools.partial(filter_empty, keys=("targets",))
+
+
+def chunk_length(sequence_length: Optional[Mapping[str, int]]) -> Optional[int]:
+  """Longest clean span that fits a row: min(targets - 2, inputs)."""
+  if not sequence_length:
+    return None
+  lengths = []
+  if sequence_length.get("targets"):
+    lengths.append(int(sequence_length["targets"]) - 2)
+  if sequence_length.get("inputs"):
+    lengths.append(int(sequence_length["inputs"]))
+  if not lengths:
+    return None
+  n = min(lengths)
+  if n < 1:
+    raise ValueError(f"sequence_length {dict(sequence_length)} leaves no room "
+                     "for text next to the two eos")
+  return n
+
+
+def split_tokens(dataset: tf.data.Dataset,
+                 sequence_length: Optional[Mapping[str, int]] = None,
+                 key: str = "targets",
+                 max_tokens: Optional[int] = None) -> tf.data.Dataset:
+  """Splits `key` into consecutive chunks of at most `max_tokens` tokens.
+
+  `max_tokens` defaults to `chunk_length(sequence_length)`; with neither the
+  dataset is returned unchanged. Other features are dropped (pretraining
+  examples only carry `key`).
+  """
+  n = max_tokens or chunk_length(sequence_length)
+  if n is None:
+    return dataset
+
+  def to_chunks(ex):
+    tokens = ex[key]
+    size = tf.size(tokens, out_type=tf.int64)
+    full, rest = size // n, size % n
+    row_lengths = tf.concat(
+        [tf.fill([full], tf.constant(n, tf.int64)),
+         tf.boolean_mask(tf.reshape(rest, [1]), tf.reshape(rest > 0, [1]))], 0)
+    chunks = tf.RaggedTensor.from_row_lengths(tokens, row_lengths)
+    return tf.data.Dataset.from_tensor_slices({key: chunks})
+
+  return dataset.flat_map(to_chunks)
+
+
+# ------------------------------------------------------------- pretraining
+def corruption_ids(vocabulary) -> tuple:
+  """(mask_id, ids allowed as random replacements) for a vocabulary."""
+  mask_id = getattr(vocabulary, "mask_id", None)
+  regular = getattr(vocabulary, "regular_ids", None)
+  if mask_id is None or regular is None:
+    raise ValueError(
+        f"{vocabulary} has no mask token / regular-token list; nar_denoise "
+        "needs a WordPieceVocabulary (or pass mask_id and random_ids)")
+  return int(mask_id), list(regular)
+
+
+def corrupt_tokens(tokens: tf.Tensor, seeds: Sequence[tf.Tensor], *,
+                   mask_id: int, random_ids: tf.Tensor,
+                   mask_rate: float = 0.15, delete_rate: float = 0.10,
+                   delete_span: int = 3, random_frac: float = 0.1,
+                   keep_frac: float = 0.1) -> tf.Tensor:
+  """Span deletion then BERT masking of a 1-D token tensor (see module doc).
+
+  Needs 4 seeds. Never deletes every token of a non-empty input.
+  """
+  tokens = tf.convert_to_tensor(tokens)
+  n = tf.size(tokens)
+  # 1. span deletion: a span of `delete_span` starts at each position with
+  # probability p, so the expected deleted fraction is ~ 1 - (1 - p)^span.
+  if delete_rate > 0:
+    p = 1.0 - (1.0 - delete_rate) ** (1.0 / delete_span)
+    starts = tf.random.stateless_uniform([n], seed=seeds[0]) < p
+    padded = tf.concat([tf.zeros([delete_span - 1], tf.bool), starts], 0)
+    deleted = tf.reduce_any(
+        tf.stack([padded[k:k + n] for k in range(delete_span)]), axis=0)
+    deleted = tf.logical_and(deleted, tf.logical_not(tf.reduce_all(deleted)))
+    kept = tf.boolean_mask(tokens, tf.logical_not(deleted))
+  else:
+    kept = tokens
+  # 2. masking: select mask_rate; of those 80% [MASK], 10% random, 10% keep.
+  m = tf.size(kept)
+  selected = tf.random.stateless_uniform([m], seed=seeds[1]) < mask_rate
+  action = tf.random.stateless_uniform([m], seed=seeds[2])
+  to_mask = tf.logical_and(selected, action < 1.0 - random_frac - keep_frac)
+  to_random = tf.logical_and(
+      selected, tf.logical_and(action >= 1.0 - random_frac - keep_frac,
+                               action < 1.0 - keep_frac))
+  random_ids = tf.convert_to_tensor(random_ids, kept.dtype)
+  picks = tf.random.stateless_uniform(
+      [m], seed=seeds[3], minval=0, maxval=tf.size(random_ids), dtype=tf.int32)
+  out = tf.where(to_random, tf.gather(random_ids, picks), kept)
+  return tf.where(to_mask, tf.cast(mask_id, kept.dtype), out)
+
+
+def nar_denoise(dataset: tf.data.Dataset,
+                output_features: Mapping[str, seqio.Feature],
+                mask_rate: float = 0.15,
+                delete_rate: float = 0.10,
+                delete_span: int = 3,
+                random_frac: float = 0.1,
+                keep_frac: float = 0.1,
+                mask_id: Optional[int] = None,
+                random_ids: Optional[Sequence[int]] = None) -> tf.data.Dataset:
+  """targets (clean tokens) -> inputs (corrupted), see module docstring."""
+  if mask_id is None or random_ids is None:
+    default_mask, default_random = corruption_ids(
+        output_features["inputs"].vocabulary)
+    mask_id = default_mask if mask_id is None else mask_id
+    random_ids = default_random if random_ids is None else random_ids
+  random_ids = tf.constant(list(random_ids), tf.int32)
+
+  @seqio.map_over_dataset(num_seeds=4)
+  def corrupt(ex, seeds):
+    ex = dict(ex)
+    ex["inputs"] = corrupt_tokens(
+        ex["targets"], seeds, mask_id=mask_id, random_ids=random_ids,
+        mask_rate=mask_rate, delete_rate=delete_rate, delete_span=delete_span,
+        random_frac=random_frac, keep_frac=keep_frac)
+    return ex
+
+  return corrupt(dataset)  # pylint: disable=no-value-for-parameter
+
+
+# ---------------------------------------------------------- postprocessing
+def _to_str(x: Any) -> str:
+  if isinstance(x, bytes):
+    return x.decode("utf-8")
+  if hasattr(x, "numpy"):
+    x = x.numpy()
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+  return str(x)
+
+
+def normalize_text(text: str, vocabulary: seqio.Vocabulary) -> str:
+  """Maps raw text into the space of decoded model outputs (encode+decode)."""
+  return vocabulary.decode(list(vocabulary.encode(_to_str(text)))).strip()
+
+
+def nar_postprocess(output_or_target: Any, example: Optional[Mapping[str, Any]] = None,
+                    is_target: bool = False, *,
+                    vocabulary: seqio.Vocabulary) -> Any:
+  """seqio postprocess_fn for narlm fine-tuning tasks.
+
+  Predictions (already `vocabulary.decode`d by seqio) are returned as
+  stripped strings. Targets (raw `targets_pretokenized` text) are normalised
+  with `normalize_text`, so metrics compare both sides in the same space
+  (lowercased, WordPiece-detokenised "hello , world ." for BERT) and return a
+  dict `{'text': target, 'source': normalised inputs}` when the example has
+  `inputs_pretokenized` (for source-based metrics such as compression ratio).
+  """
+  if not is_target:
+    return _to_str(output_or_target).strip()
+  target = normalize_text(output_or_target, vocabulary)
+  if example is not None and "inputs_pretokenized" in example:
+    return {"text": target,
+            "source": normalize_text(example["inputs_pretokenized"], vocabulary)}
+  return target
+
+
+def postprocess_for(vocabulary: seqio.Vocabulary):
+  return functools.partial(nar_postprocess, vocabulary=vocabulary)

@@ -1,0 +1,109 @@
+"""Pretraining tasks: non-autoregressive denoising (see
+`narlm.tasks.preprocessors` for the objective and why).
+
+Each example: a clean span of text of at most
+`min(targets_length - 2, inputs_length)` WordPiece tokens as `targets`, and its
+corrupted copy (span deletion + BERT masking) as `inputs`. Long documents are
+cut into consecutive spans; with `sequence_length=None` the documents are not
+split.
+
+* wikipedia_bert: TFDS `wikipedia/20230601.en` (train = first 99% of its only
+  split, validation = the last 1%); read-only: it must already be prepared in
+  the TFDS data dir (`$TFDS_DATA_DIR`); nothing is downloaded.
+* bookcorpus_bert: `.txt` files under `$NARLM_BOOKCORPUS_DIR` (recursive; one
+  example per paragraph). TFDS has no BookCorpus builder. Train split only.
+* narlm_wiki_books: mixture of the two, rates proportional to the word counts
+  BERT reported (Wikipedia 2,500M, BooksCorpus 800M).
+* Offline stand-ins from `$NARLM_DATA_DIR/pretrain`: wikitext2_local_bert
+  (train = WikiText-2 valid, validation = test; one example per paragraph of
+  at least 40 characters, which drops the "= = Heading = =" lines),
+  books_local_bert (Project Gutenberg books + tinyshakespeare; validation =
+  botchan.txt), and their mixture narlm_wiki_books_local.
+"""
+
+import functools
+
+import seqio
+
+from narlm import vocabularies
+from narlm.tasks import preprocessors as prep
+from narlm.tasks import sources
+
+BERT = vocabularies.bert_vocabulary()
+
+BERT_FEATURES = {
+    "inputs": seqio.Feature(BERT, add_eos=False, required=True),
+    "targets": seqio.Feature(BERT, add_eos=False),
+}
+
+DENOISE_PREPROCESSORS = [
+    functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+    prep.split_tokens,
+    prep.filter_empty_targets,
+    prep.nar_denoise,
+    prep.filter_empty_inputs,
+]
+
+WIKI_RATE = 2.5
+BOOKS_RATE = 0.8
+
+LOCAL_BOOKS_TRAIN = [
+    "11-0.txt", "2701-0.txt", "74-0.txt", "98-0.txt",
+    "Pride_and_Prejudice_JaneAusten.txt", "pg1661.txt", "tinyshakespeare.txt",
+]
+
+# ---------------------------------------------------------------- full size
+seqio.TaskRegistry.add(
+    "wikipedia_bert",
+    source=seqio.TfdsDataSource(
+        tfds_name="wikipedia/20230601.en:1.0.0",
+        splits={"train": "train[:99%]", "validation": "train[99%:]"},
+        read_only=True),
+    output_features=BERT_FEATURES,
+    preprocessors=DENOISE_PREPROCESSORS,
+    metric_fns=[],
+)
+
+seqio.TaskRegistry.add(
+    "bookcorpus_bert",
+    source=sources.TextFileSource(
+        {"train": "**/*.txt"}, base_dir=sources.bookcorpus_dir,
+        mode="paragraph", min_chars=40),
+    output_features=BERT_FEATURES,
+    preprocessors=DENOISE_PREPROCESSORS,
+    metric_fns=[],
+)
+
+seqio.MixtureRegistry.add(
+    "narlm_wiki_books",
+    [("wikipedia_bert", WIKI_RATE), ("bookcorpus_bert", BOOKS_RATE)],
+)
+
+# ---------------------------------------------------------- offline stand-ins
+seqio.TaskRegistry.add(
+    "wikitext2_local_bert",
+    source=sources.TextFileSource(
+        {"train": "valid.txt", "validation": "test.txt"},
+        base_dir=sources.shared_dir("pretrain", "wikitext2"),
+        mode="paragraph", min_chars=40),
+    output_features=BERT_FEATURES,
+    preprocessors=DENOISE_PREPROCESSORS,
+    metric_fns=[],
+)
+
+seqio.TaskRegistry.add(
+    "books_local_bert",
+    source=sources.TextFileSource(
+        {"train": LOCAL_BOOKS_TRAIN, "validation": "botchan.txt"},
+        base_dir=sources.shared_dir("pretrain", "books"),
+        mode="paragraph", min_chars=40),
+    output_features=BERT_FEATURES,
+    preprocessors=DENOISE_PREPROCESSORS,
+    metric_fns=[],
+)
+
+seqio.MixtureRegistry.add(
+    "narlm_wiki_books_local",
+    [("wikitext2_local_bert", WIKI_RATE), ("books_local_bert", BOOKS_RATE)],
+)

@@ -1,0 +1,590 @@
+r"""narlm's own trainer: t5x-style, for machines without t5x.
+
+Usage:
+  python -m narlm.train --gin_file=narlm/gin/quickstart_cpu.gin \
+      --gin.MODEL_DIR=\"/tmp/narlm_quickstart\"
+
+What it does: builds the seqio task's dataset through the model's feature
+converter, lays parameters and optimizer state out over a ('data', 'model')
+device mesh by logical axis rules, runs jit-compiled train steps (with
+gradient accumulation), writes orbax checkpoints (async, keep-N, atomic
+finalisation by orbax) and resumes from the latest one with the identical
+data order and dropout randomness, logs through clu metric writers
+(TensorBoard + console) with a progress/ETA report, evaluates periodically
+(loss and seqio metrics on decoded outputs), and stops with a clear message
+on a non-finite loss while keeping the last good checkpoint. SIGTERM (e.g.
+preemption) saves a checkpoint and exits cleanly.
+
+Library code does not import gin: `train()` is plain Python with keyword
+arguments; the gin files bind them (`from __gin__ import dynamic_registration`),
+and only `main()` below parses gin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from narlm import partitioning
+
+PyTree = Any
+
+
+class TrainingError(RuntimeError):
+  """Training cannot go on (e.g. a non-finite loss); the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+  """Which seqio task/mixture to read and how (names follow t5x's)."""
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = "train"
+  batch_size: int = 32
+  shuffle: bool = True
+  seed: int = 0
+  use_cached: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """period: save every N steps (and at the end); keep: how many to keep."""
+  period: int = 1000
+  keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """Multi-host set-up; fields left None are auto-detected by JAX (TPU pods,
+  SLURM) — see `jax.distributed.initialize`."""
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+  local_device_ids: Optional[Sequence[int]] = None
+
+
+# --------------------------------------------------------------------- data
+def get_task_or_mixture(name: str):
+  import seqio  # pylint: disable=g-import-not-at-top
+  import narlm.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  try:
+    return seqio.get_mixture_or_task(name)
+  except (KeyError, ValueError) as e:
+    known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+    import difflib  # pylint: disable=g-import-not-at-top
+    close = difflib.get_close_matches(name, known, n=5)
+    raise ValueError(f"unknown task or mixture {name!r}; close matches: {close or 'none'}"
+                     f" (run `python -m narlm.tasks` to list all)") from e
+
+
+def get_dataset(cfg: DatasetConfig, model, *, num_epochs: Optional[int] = None,
+                shard_index: int = 0, num_shards: int = 1, drop_remainder: bool = True):
+  """Converted, per-host-batched tf.data.Dataset of model features."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  get_task_or_mixture(cfg.mixture_or_task_name)
+  if cfg.batch_size % num_shards:
+    raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {num_shards} hosts")
+  ds = seqio.get_dataset(
+      mixture_or_task_name=cfg.mixture_or_task_name,
+      task_feature_lengths=dict(cfg.task_feature_lengths),
+      dataset_split=cfg.split,
+      shuffle=cfg.shuffle,
+      num_epochs=num_epochs,
+      feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
+      shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+      use_cached=cfg.use_cached,
+      seed=cfg.seed)
+  return ds.batch(cfg.batch_size // num_shards, drop_remainder=drop_remainder)
+
+
+# -------------------------------------------------------------------- state
+def _checkpoint_manager(model_dir: str, cfg: CheckpointConfig):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True,
+                                         enable_async_checkpointing=cfg.async_save)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(model_dir, "checkpoints")),
+                               options=options)
+
+
+def restore_params(model_dir: str, step: Optional[int] = None) -> PyTree:
+  """Loads the parameters of a narlm checkpoint (latest by default), on host."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(os.path.join(model_dir, "checkpoints"))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no checkpoints under {path}")
+  with ocp.CheckpointManager(path) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint under {path}")
+    restored = manager.restore(step)
+  return restored["params"]
+
+
+class Trainer:
+  """Holds the mesh, shardings, jitted steps and the train state."""
+
+  def __init__(self, model, *, num_model_partitions: int = 1,
+               logical_axis_rules: Optional[partitioning.LogicalRules] = None,
+               grad_accum_steps: int = 1, seed: int = 0):
+    if model.optimizer_def is None:
+      raise ValueError("the model has no optimizer_def; bind "
+                       "NagBertModel.optimizer_def = @optimizers.create_optimizer()")
+    if grad_accum_steps < 1:
+      raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+    self.model = model
+    self.optimizer = model.optimizer_def
+    self.rules = list(logical_axis_rules or partitioning.standard_logical_axis_rules())
+    self.mesh = partitioning.create_mesh(num_model_partitions)
+    self.grad_accum_steps = grad_accum_steps
+    self.seed = seed
+    self.state_shardings = None
+    self._train_step = None
+    self._eval_step = None
+
+  # -- initialisation
+  def init_state(self, batch_shape: tuple[int, int]) -> PyTree:
+    """Sharded {'step', 'params', 'opt_state'} from a fresh initialisation."""
+    rng = jax.random.PRNGKey(self.seed)
+    input_shapes = {"encoder_input_tokens": batch_shape}
+    abstract = jax.eval_shape(lambda r: self.model.get_initial_variables(r, input_shapes), rng)
+    if "params_axes" not in abstract:
+      raise ValueError("the model's variables have no 'params_axes': every parameter needs "
+                       "logical axis names")
+    logical = partitioning.logical_param_specs(abstract["params_axes"])
+    partitioning.check_params_have_axes(abstract["params"], logical)
+    self.logical_param_specs = logical
+    param_shardings = partitioning.param_shardings(logical, self.mesh, self.rules)
+    opt_shardings = partitioning.optimizer_state_shardings(
+        self.optimizer, abstract["params"], param_shardings, self.mesh)
+    self.state_shardings = {
+        "step": partitioning.replicated(self.mesh),
+        "params": param_shardings,
+        "opt_state": opt_shardings,
+    }
+
+    def init(r):
+      params = self.model.get_initial_variables(r, input_shapes)["params"]
+      return {"step": jnp.zeros((), jnp.int32), "params": params,
+              "opt_state": self.optimizer.init(params)}
+
+    with self.mesh:
+      return jax.jit(init, out_shardings=self.state_shardings)(rng)
+
+  def abstract_state(self, batch_shape) -> PyTree:
+    """ShapeDtypeStructs with shardings (the orbax restore target)."""
+    if self.state_shardings is None:
+      raise RuntimeError("call init_state first")
+    rng = jax.random.PRNGKey(self.seed)
+    input_shapes = {"encoder_input_tokens": batch_shape}
+
+    def init(r):
+      params = self.model.get_initial_variables(r, input_shapes)["params"]
+      return {"step": jnp.zeros((), jnp.int32), "params": params,
+              "opt_state": self.optimizer.init(params)}
+
+    shapes = jax.eval_shape(init, rng)
+    return jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+        self.state_shardings)
+
+  def put_params(self, state: PyTree, params: PyTree) -> PyTree:
+    """Replaces the parameters (e.g. warm start), laid out as the rules say."""
+    params = jax.device_put(params, self.state_shardings["params"])
+    return dict(state, params=params)
+
+  # -- steps
+  def _grads(self, params, batch, rng):
+    def loss(p, b, r):
+      return self.model.loss_fn(p, b, r)
+
+    if self.grad_accum_steps == 1:
+      (l, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, batch, rng)
+      return l, metrics, grads
+    k = self.grad_accum_steps
+    micro = jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+
+    def body(carry, xs):
+      b, i = xs
+      (l, m), g = jax.value_and_grad(loss, has_aux=True)(params, b, jax.random.fold_in(rng, i))
+      acc_g, acc_l = carry
+      return (jax.tree_util.tree_map(jnp.add, acc_g, g), acc_l + l), m
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    (grads, total_loss), stacked = jax.lax.scan(body, (zeros, 0.0), (micro, jnp.arange(k)))
+    grads = jax.tree_util.tree_map(lambda g: g / k, grads)
+    # clu Average metrics are (total, count) pytrees: summing the stacked
+    # micro-batch values merges them exactly.
+    metrics = jax.tree_util.tree_map(lambda x: x.sum(axis=0), stacked)
+    return total_loss / k, metrics, grads
+
+  def train_step(self, state, batch):
+    import optax  # pylint: disable=g-import-not-at-top
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), state["step"])
+    loss, metrics, grads = self._grads(state["params"], batch, rng)
+    updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {k: v.compute() for k, v in metrics.items()}
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["loss"] = loss
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+  def compiled_train_step(self):
+    if self._train_step is None:
+      batch_sharding = partitioning.data_sharding(self.mesh)
+      self._train_step = jax.jit(
+          self.train_step, in_shardings=(self.state_shardings, batch_sharding),
+          out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
+          donate_argnums=(0,))
+    return self._train_step
+
+  def compiled_eval_step(self):
+    if self._eval_step is None:
+      def eval_step(params, batch):
+        _, metrics = self.model.eval_fn(params, batch)
+        return metrics
+      self._eval_step = jax.jit(
+          eval_step, in_shardings=(self.state_shardings["params"],
+                                   partitioning.data_sharding(self.mesh)))
+    return self._eval_step
+
+  def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> Mapping[str, jax.Array]:
+    """Per-host numpy batch -> global arrays split over the 'data' axis."""
+    sharding = partitioning.data_sharding(self.mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}
+
+
+# --------------------------------------------------------------------- eval
+def _batched_predictions(trainer: Trainer, params, ds, batch_size: int, decode_kwargs):
+  """seqio predict_fn body: (index, features) dataset -> [(index, tokens)]."""
+  predict = jax.jit(lambda p, b: trainer.model.predict_batch_with_aux(p, b, **decode_kwargs))
+  out = []
+  for batch in ds.batch(batch_size).as_numpy_iterator():
+    index, features = batch
+    n = len(index)
+    tokens = np.asarray(features["encoder_input_tokens"])
+    if n < batch_size:  # pad the last batch so it reuses the compiled program
+      tokens = np.concatenate([tokens, np.zeros((batch_size - n,) + tokens.shape[1:],
+                                                tokens.dtype)])
+    pred, aux = predict(params, {"encoder_input_tokens": jnp.asarray(tokens)})
+    pred, lengths = np.asarray(pred), np.asarray(aux["length"])
+    out.extend((int(index[i]), pred[i, :lengths[i]].tolist()) for i in range(n))
+  return out
+
+
+def evaluate_with_metrics(trainer: Trainer, params, cfg: DatasetConfig, *, step: int,
+                          num_examples: Optional[int] = None,
+                          decode_kwargs: Optional[Mapping[str, Any]] = None):
+  """Decodes `cfg.split` and computes the tasks' seqio metrics.
+
+  Returns (metrics {task: {name: value}}, first few (input, prediction, target)).
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  get_task_or_mixture(cfg.mixture_or_task_name)
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name=cfg.mixture_or_task_name,
+      feature_converter=trainer.model.FEATURE_CONVERTER_CLS(pack=False),
+      eval_split=cfg.split, sequence_length=dict(cfg.task_feature_lengths),
+      num_examples=num_examples, async_compute_metrics=False)
+  decode_kwargs = dict(decode_kwargs or {})
+  predict_fn = lambda ds: _batched_predictions(trainer, params, ds, cfg.batch_size,
+                                               decode_kwargs)
+  metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
+  metrics = metrics.result() if hasattr(metrics, "result") else metrics
+  samples = []
+  vocab = trainer.model.output_vocabulary
+  for task in evaluator.eval_tasks:
+    cached = evaluator.cached_task_datasets[task.name]
+    preds = dict(predict_fn(evaluator.cached_model_datasets[task.name].take(3)))
+    for i, ex in enumerate(cached.take(3).as_numpy_iterator()):
+      samples.append((ex.get("inputs_pretokenized", b"").decode("utf-8", "replace"),
+                      vocab.decode(preds.get(i, [])),
+                      ex.get("targets_pretokenized", b"").decode("utf-8", "replace")))
+  return metrics, samples
+
+
+# --------------------------------------------------------------------- loop
+def _finite_or_raise(value: float, step: int, last_checkpoint: Optional[int]) -> None:
+  if not np.isfinite(value):
+    where = (f"the last good checkpoint (step {last_checkpoint}) is kept"
+             if last_checkpoint is not None else "no checkpoint had been written yet")
+    raise TrainingError(f"non-finite loss {value} at step {step}; training stopped and "
+                        f"{where}. Lower the learning rate or check the data.")
+
+
+def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_steps: int,
+          eval_dataset_cfg: Optional[DatasetConfig] = None,
+          checkpoint_cfg: CheckpointConfig = CheckpointConfig(),
+          num_model_partitions: int = 1,
+          logical_axis_rules: Optional[partitioning.LogicalRules] = None,
+          grad_accum_steps: int = 1, log_period: int = 50, eval_period: int = 0,
+          eval_steps: int = 20, infer_eval_examples: Optional[int] = 64,
+          decode_kwargs: Optional[Mapping[str, Any]] = None,
+          init_checkpoint: Optional[str] = None, seed: int = 0,
+          distributed: Optional[DistributedConfig] = None,
+          stop_after_steps: Optional[int] = None,
+          nan_check_period: int = 1) -> Mapping[str, float]:
+  """Trains `model` on a seqio task; resumes from `model_dir` if it has a checkpoint.
+
+  Args:
+    model: a NagBertModel (its optimizer_def is an optax transformation).
+    train_dataset_cfg / eval_dataset_cfg: data to train / evaluate on.
+    model_dir: checkpoints, TensorBoard events and the gin config go here.
+    train_steps: total number of optimizer steps.
+    checkpoint_cfg: period, keep-N and async saving.
+    num_model_partitions: size of the 'model' mesh axis (tensor parallelism).
+    logical_axis_rules: logical axis -> mesh axis rules (default: t5x's
+      standard rules plus narlm's).
+    grad_accum_steps: micro-batches per optimizer step (the global batch is
+      split into this many).
+    log_period / eval_period: in steps (eval_period 0 = only at the end).
+    eval_steps: batches of eval loss per evaluation.
+    infer_eval_examples: examples decoded for seqio metrics per evaluation
+      (0 disables decoding; None = the whole split).
+    decode_kwargs: passed to predict_batch_with_aux (decode_method, alpha).
+    init_checkpoint: a Hugging Face BERT folder (config.json +
+      model.safetensors) to warm-start the encoder from, when there is no
+      narlm checkpoint to resume.
+    seed: parameter init and dropout seed.
+    distributed: if set, `jax.distributed.initialize` is called first.
+    stop_after_steps: stop (after saving) once this step is reached, as if
+      preempted; for tests and time-sliced jobs.
+    nan_check_period: check the loss for NaN/inf every N steps.
+
+  Returns:
+    The last logged training metrics (and eval metrics when run).
+  """
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
+  if distributed is not None:
+    jax.distributed.initialize(
+        coordinator_address=distributed.coordinator_address,
+        num_processes=distributed.num_processes, process_id=distributed.process_id,
+        local_device_ids=distributed.local_device_ids)
+  if train_steps < 1:
+    raise ValueError(f"train_steps must be >= 1, got {train_steps}")
+  os.makedirs(model_dir, exist_ok=True)
+  trainer = Trainer(model, num_model_partitions=num_model_partitions,
+                    logical_axis_rules=logical_axis_rules, grad_accum_steps=grad_accum_steps,
+                    seed=seed)
+  if train_dataset_cfg.batch_size % (trainer.mesh.shape["data"] * grad_accum_steps):
+    raise ValueError(f"batch_size {train_dataset_cfg.batch_size} must be divisible by the data "
+                     f"axis ({trainer.mesh.shape['data']}) x grad_accum_steps ({grad_accum_steps})")
+  process, num_processes = jax.process_index(), jax.process_count()
+  train_ds = get_dataset(train_dataset_cfg, model, shard_index=process, num_shards=num_processes)
+  length = int(train_ds.element_spec["encoder_input_tokens"].shape[1])
+  batch_shape = (train_dataset_cfg.batch_size, length)
+
+  state = trainer.init_state(batch_shape)
+  manager = _checkpoint_manager(model_dir, checkpoint_cfg)
+  latest = manager.latest_step()
+  writer = metric_writers.create_default_writer(model_dir, just_logging=process > 0)
+  if latest is not None:
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    logging.info("resuming from %s step %d", model_dir, latest)
+    state = manager.restore(latest, args=ocp.args.StandardRestore(
+        trainer.abstract_state(batch_shape)))
+  elif init_checkpoint:
+    params = jax.device_get(state["params"])
+    params = model.warm_start_from_hf_bert(params, init_checkpoint)
+    state = trainer.put_params(state, params)
+  start_step = int(jax.device_get(state["step"]))
+  last_saved = latest
+
+  def save(step: int, force: bool = False):
+    nonlocal last_saved
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    if last_saved == step:
+      return
+    manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    last_saved = step
+
+  # Deterministic order on resume: the same shuffled stream, minus what the
+  # finished steps consumed.
+  data_iter = train_ds.repeat().skip(start_step).as_numpy_iterator()
+  step_fn = trainer.compiled_train_step()
+  report = periodic_actions.ReportProgress(num_train_steps=train_steps, writer=writer)
+  preempted = {"flag": False}
+
+  def on_sigterm(signum, frame):  # pylint: disable=unused-argument
+    logging.warning("SIGTERM: saving a checkpoint and exiting")
+    preempted["flag"] = True
+
+  previous_handler = None
+  if threading_is_main():
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+  last_metrics: dict[str, float] = {}
+  end_step = min(train_steps, stop_after_steps) if stop_after_steps else train_steps
+  try:
+    step = start_step
+    t0 = time.time()
+    while step < end_step and not preempted["flag"]:
+      batch = trainer.global_batch(next(data_iter))
+      with trainer.mesh:
+        state, metrics = step_fn(state, batch)
+      step += 1
+      report(step)
+      if step % nan_check_period == 0 or step == end_step:
+        _finite_or_raise(float(metrics["loss"]), step, last_saved)
+      if step % log_period == 0 or step == end_step:
+        last_metrics = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+        last_metrics["train/steps_per_sec"] = (step - start_step) / max(time.time() - t0, 1e-9)
+        writer.write_scalars(step, last_metrics)
+      if checkpoint_cfg.period and step % checkpoint_cfg.period == 0:
+        save(step)
+      if eval_dataset_cfg is not None and eval_period and step % eval_period == 0 \
+          and step != train_steps:
+        last_metrics.update(_run_eval(trainer, state, eval_dataset_cfg, step, writer,
+                                      eval_steps, infer_eval_examples, decode_kwargs))
+    save(step, force=True)
+    manager.wait_until_finished()
+    if eval_dataset_cfg is not None and step == train_steps:
+      last_metrics.update(_run_eval(trainer, state, eval_dataset_cfg, step, writer, eval_steps,
+                                    infer_eval_examples, decode_kwargs))
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
+  return last_metrics
+
+
+def threading_is_main() -> bool:
+  import threading  # pylint: disable=g-import-not-at-top
+  return threading.current_thread() is threading.main_thread()
+
+
+def _run_eval(trainer, state, cfg, step, writer, eval_steps, infer_eval_examples,
+              decode_kwargs) -> dict[str, float]:
+  model = trainer.model
+  results: dict[str, float] = {}
+  eval_ds = get_dataset(cfg, model, num_epochs=1, shard_index=jax.process_index(),
+                        num_shards=jax.process_count())
+  eval_step = trainer.compiled_eval_step()
+  merged = None
+  for i, local in enumerate(eval_ds.as_numpy_iterator()):
+    if i >= eval_steps:
+      break
+    with trainer.mesh:
+      m = eval_step(state["params"], trainer.global_batch(local))
+    merged = m if merged is None else {k: merged[k].merge(m[k]) for k in m}
+  if merged is not None:
+    results.update({f"eval/{k}": float(v.compute()) for k, v in merged.items()})
+  if infer_eval_examples != 0:
+    metrics, samples = evaluate_with_metrics(trainer, state["params"], cfg, step=step,
+                                             num_examples=infer_eval_examples,
+                                             decode_kwargs=decode_kwargs)
+    for task_name, task_metrics in metrics.items():
+      for name, value in task_metrics.items():
+        value = getattr(value, "value", value)
+        if np.ndim(value) == 0:
+          results[f"eval/{task_name}/{name}"] = float(value)
+    for source, prediction, target in samples:
+      logging.info("sample\n  input:      %s\n  prediction: %s\n  target:     %s", source,
+                   prediction, target)
+    results_samples = samples
+    del results_samples
+  writer.write_scalars(step, results)
+  return results
+
+
+# --------------------------------------------------------------------- main
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
+              search_paths: Sequence[str] = ()) -> None:
+  """Parses gin with clear errors for missing files and bad syntax."""
+  import gin  # pylint: disable=g-import-not-at-top
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for path in [here, os.getcwd(), *search_paths]:
+    gin.add_config_file_search_path(path)
+  for f in gin_files:
+    candidates = [f] + [os.path.join(p, f) for p in [here, *search_paths]]
+    if not any(os.path.exists(c) for c in candidates):
+      raise FileNotFoundError(f"gin file not found: {f}")
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
+  except (SyntaxError, ValueError, KeyError, ImportError, TypeError) as e:
+    raise ValueError(f"could not parse gin config {list(gin_files)} + {list(gin_bindings)}: "
+                     f"{e}") from e
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+  """t5x-style flags: --gin_file=F (repeatable), --gin.NAME=VALUE,
+  --gin_bindings=B, --gin_search_paths=a,b."""
+  files, bindings, search = [], [], []
+  it = iter(argv)
+  for arg in it:
+    if arg.startswith("--gin_file="):
+      files.append(arg.split("=", 1)[1])
+    elif arg == "--gin_file":
+      files.append(next(it))
+    elif arg.startswith("--gin.") and "=" in arg:
+      name, value = arg[len("--gin."):].split("=", 1)
+      bindings.append(f"{name} = {value}")
+    elif arg.startswith("--gin_bindings="):
+      bindings.append(arg.split("=", 1)[1])
+    elif arg.startswith("--gin_search_paths="):
+      search.extend(p for p in arg.split("=", 1)[1].split(",") if p)
+    else:
+      raise ValueError(f"unknown argument {arg!r}; expected --gin_file=, --gin.NAME=VALUE, "
+                       "--gin_bindings= or --gin_search_paths=")
+  if not files:
+    raise ValueError("no --gin_file given (e.g. --gin_file=narlm/gin/quickstart_cpu.gin)")
+  return files, bindings, search
+
+
+def main(argv: Sequence[str]) -> Mapping[str, float]:
+  """Parses t5x-style gin flags and runs the gin-configured `train`."""
+  import gin  # pylint: disable=g-import-not-at-top
+  # Under `python -m narlm.train` this file is __main__: configure the
+  # importable module's `train`, the one gin files name.
+  from narlm import train as train_lib  # pylint: disable=g-import-not-at-top,import-self
+  files, bindings, search = split_gin_args(argv)
+  train_lib.parse_gin(files, bindings, search)
+  try:
+    configured = gin.get_configurable(train_lib.train)
+  except ValueError as e:
+    raise ValueError(f"the gin files {files} do not configure narlm.train.train "
+                     "(include a narlm run gin, e.g. narlm/gin/runs/train.gin)") from e
+  result = configured()
+  model_dir = _query_str("narlm.train.train.model_dir")
+  if model_dir and jax.process_index() == 0:
+    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+      f.write(gin.operative_config_str())
+  return result
+
+
+def _query_str(name: str) -> Optional[str]:
+  """The bound value of `name`, following one macro reference."""
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    value = gin.query_parameter(name)
+    if isinstance(value, gin.config.ConfigurableReference):
+      value = gin.query_parameter(str(value))
+  except ValueError:
+    return None
+  return value if isinstance(value, str) else None
+
+
+def console_main() -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  try:
+    main(sys.argv[1:])
+  except (TrainingError, ValueError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  console_main()

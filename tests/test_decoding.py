@@ -1,0 +1,42 @@
+import numpy as np
+import jax.numpy as jnp
+import pytest
+
+from narlm import decoding
+
+
+def test_cut_at_first_eos():
+  tokens = jnp.array([[5, 6, 2, 7, 2], [2, 5, 5, 5, 5], [5, 6, 7, 8, 9]])
+  out, lengths = decoding.cut_at_first_eos(tokens, eos_id=2, pad_id=0)
+  np.testing.assert_array_equal(out, [[5, 6, 0, 0, 0], [0, 0, 0, 0, 0], [5, 6, 7, 8, 9]])
+  np.testing.assert_array_equal(lengths, [2, 0, 5])
+  mask = jnp.arange(5)[None] < jnp.array([[5], [5], [3]])
+  out, lengths = decoding.cut_at_first_eos(tokens, 2, 0, mask)
+  np.testing.assert_array_equal(out[2], [5, 6, 7, 0, 0])
+  np.testing.assert_array_equal(lengths, [2, 0, 3])
+
+
+def test_ratio_first_mask_is_floor_alpha_n_plus_two():
+  src = jnp.array([[3, 4, 5, 6, 7, 0, 0, 0, 0, 0], [3, 4, 0, 0, 0, 0, 0, 0, 0, 0]])
+  mask = decoding.ratio_first_mask(src, alpha=0.5)
+  # n = 5 -> floor(2.5) + 2 = 4; n = 2 -> 1 + 2 = 3
+  np.testing.assert_array_equal(mask.sum(-1), [4, 3])
+  assert bool(mask[0, 3]) and not bool(mask[0, 4])
+  with pytest.raises(ValueError, match="alpha"):
+    decoding.ratio_first_mask(src, alpha=0.0)
+
+
+def test_argmax_decode():
+  logits = jnp.log(jnp.array([[[0.1, 0.9], [0.7, 0.3]]]))
+  tokens, score = decoding.argmax_decode(logits)
+  np.testing.assert_array_equal(tokens, [[1, 0]])
+  np.testing.assert_allclose(score, [np.log(0.9) + np.log(0.7)], rtol=1e-5)
+
+
+def test_bucket_and_method_checks():
+  assert decoding.bucket(17, (16, 32, 64)) == 32
+  assert decoding.bucket(16, (16, 32, 64)) == 16
+  with pytest.raises(ValueError, match="exceeds the largest bucket 64"):
+    decoding.bucket(65, (16, 32, 64))
+  with pytest.raises(ValueError, match="unknown decode method 'beam'"):
+    decoding.check_decode_method("beam")
