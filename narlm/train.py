@@ -103,7 +103,10 @@ def get_dataset(cfg: DatasetConfig, model, *, num_epochs: Optional[int] = None,
       feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
       shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
       use_cached=cfg.use_cached,
-      seed=cfg.seed)
+      seed=cfg.seed,
+      # Let NarFeatureConverter truncate, so every over-long example is
+      # counted and logged instead of silently trimmed by seqio.
+      trim_output_features=False)
   return ds.batch(cfg.batch_size // num_shards, drop_remainder=drop_remainder)
 
 
@@ -441,6 +444,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
         last_metrics = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
         last_metrics["train/steps_per_sec"] = (step - start_step) / max(time.time() - t0, 1e-9)
         writer.write_scalars(step, last_metrics)
+        if process == 0:
+          _append_jsonl(os.path.join(model_dir, "train_metrics.jsonl"),
+                        {"step": step, **last_metrics})
       if checkpoint_cfg.period and step % checkpoint_cfg.period == 0:
         save(step)
       if eval_dataset_cfg is not None and eval_period and step % eval_period == 0 \
@@ -459,6 +465,13 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
   return last_metrics
+
+
+def _append_jsonl(path: str, record: Mapping[str, Any]) -> None:
+  """One JSON line per log step: easy to read back (tests, plots)."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(record) + "\n")
 
 
 def threading_is_main() -> bool:

@@ -107,7 +107,8 @@ def _narlm_encode(path, tokens, mask, token_types):
 def _assert_close(ours, theirs, mask, tol=TOL):
   diff = np.abs(ours - theirs)
   # Padded query positions attend to the same keys in both: compare them too.
-  assert diff.max() < tol, (diff[mask].max(), diff[~mask].max())
+  assert diff.max() < tol, ('max diff real / padded positions:',
+                           diff[mask].max(initial=0), diff[~mask].max(initial=0))
 
 
 # ------------------------------------------------------------- tiny parity

@@ -65,7 +65,7 @@ Initializer = Callable[..., Array]
 # Hugging Face `hidden_act` names we reproduce exactly.
 _ACTIVATIONS: Mapping[str, Callable[[Array], Array]] = {
     # HF 'gelu' is the exact erf form, not the tanh approximation.
-    'gelu': functools.partial(nn.gelu, approximate=True),
+    'gelu': functools.partial(nn.gelu, approximate=False),
     'gelu_new': functools.partial(nn.gelu, approximate=True),
     'gelu_pytorch_tanh': functools.partial(nn.gelu, approximate=True),
     'relu': nn.relu,
