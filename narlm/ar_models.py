@@ -162,6 +162,61 @@ def weights_up_to_first_eos(targets: jnp.ndarray, weights: jnp.ndarray,
   return jnp.where(eos_before, 0.0, weights.astype(jnp.float32))
 
 
+@functools.partial(jax.jit, static_argnames=("module", "max_length", "pad_id", "bos_id"))
+def greedy_decode(module: ArSeq2SeqNetwork, params: PyTree, encoder_input_tokens: jnp.ndarray,
+                  eos_id: jnp.ndarray, *, max_length: int, pad_id: int = 0,
+                  bos_id: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Greedy decoding with the key/value cache, inside `jax.lax.while_loop`.
+
+  The source is encoded once and its cross-attention keys/values are cached;
+  each iteration runs the decoder on one new token per row. Rows that
+  produced eos keep emitting pad (score unchanged); the loop exits as soon as
+  every row is done, or after `max_length` tokens. Jitted with the (hashable)
+  network as a static argument and eos as a traced one, so every model
+  object with the same network shares one compiled program per shape.
+
+  Args:
+    module: the network.
+    params: its parameters.
+    encoder_input_tokens: int [B, S].
+    eos_id: int32 scalar.
+    max_length: L, the number of output positions.
+    pad_id, bos_id: padding id and the first decoder input.
+
+  Returns:
+    (tokens [B, L] int32, eos included, pad after it; scores [B] float32, the
+    summed log-probabilities of the chosen tokens up to the first eos).
+  """
+  encoded, mask = module.apply({"params": params}, encoder_input_tokens,
+                               method=ArSeq2SeqNetwork.encode)
+  cache = module.apply({"params": params}, encoded, max_length,
+                       method=ArSeq2SeqNetwork.init_cache)
+  batch = encoder_input_tokens.shape[0]
+  state = (jnp.zeros((), jnp.int32), jnp.full((batch,), bos_id, jnp.int32), cache,
+           jnp.full((batch, max_length), pad_id, jnp.int32), jnp.zeros((batch,), bool),
+           jnp.zeros((batch,), jnp.float32))
+
+  def cond(state):
+    i, _, _, _, done, _ = state
+    return (i < max_length) & ~jnp.all(done)
+
+  def body(state):
+    i, last, cache, tokens, done, scores = state
+    logits, cache = module.apply({"params": params}, last, cache, i, mask,
+                                 method=ArSeq2SeqNetwork.decode_step)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    best_lp = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
+    scores = scores + jnp.where(done, 0.0, best_lp)
+    new = jnp.where(done, pad_id, best)
+    tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (jnp.int32(0), i))
+    done = done | (best == eos_id)
+    return i + 1, new, cache, tokens, done, scores
+
+  _, _, _, tokens, _, scores = jax.lax.while_loop(cond, body, state)
+  return tokens, scores
+
+
 class ArSeq2SeqModel:
   """Autoregressive encoder-decoder with NagBertModel's (t5x BaseModel) interface.
 
@@ -189,12 +244,13 @@ class ArSeq2SeqModel:
       raise ValueError("the output vocabulary has no eos id; AR decoding stops at eos")
     self.eos_id = int(output_vocabulary.eos_id)
     self.pad_id = int(getattr(output_vocabulary, "pad_id", 0) or 0)
+    if self.eos_id == self.pad_id:
+      raise ValueError(f"eos_id and pad_id must differ (pad is also BOS), both are {self.pad_id}")
     if self.pad_id != module.config.pad_id:
       raise ValueError(f"vocabulary pad id {self.pad_id} != BertConfig.pad_id "
                        f"{module.config.pad_id}")
     # BOS = pad, as in t5x (decoder inputs are the targets shifted right).
     self.bos_id = self.pad_id
-    self._greedy = jax.jit(self._greedy_decode, static_argnames=("max_length",))
 
   # t5x reads FEATURE_CONVERTER_CLS from the instance and calls it with
   # (pack=..., use_custom_packing_ops=...): bind our eos id here.
@@ -220,13 +276,9 @@ class ArSeq2SeqModel:
     if len(target_shape) != 2 or target_shape[0] != shape[0]:
       raise ValueError(f"decoder_target_tokens shape must be [batch={shape[0]}, length], "
                        f"got {target_shape}")
-    def init(rng):
-      params_rng, dropout_rng = jax.random.split(rng)
-      return self.module.init({"params": params_rng, "dropout": dropout_rng},
-                              jnp.ones(shape, jnp.int32), jnp.ones(target_shape, jnp.int32))
-    # One compiled program instead of hundreds of eager ops (a no-op under an
-    # outer jit / eval_shape, as in narlm's trainer).
-    return jax.jit(init)(rng)
+    params_rng, dropout_rng = jax.random.split(rng)
+    return self.module.init({"params": params_rng, "dropout": dropout_rng},
+                            jnp.ones(shape, jnp.int32), jnp.ones(target_shape, jnp.int32))
 
   # ------------------------------------------------------------------ loss
   def _targets_and_weights(self, batch: Batch):
@@ -266,42 +318,6 @@ class ArSeq2SeqModel:
     return self.loss_fn(params, batch, dropout_rng=None)
 
   # ------------------------------------------------------------- inference
-  def _greedy_decode(self, params, encoder_input_tokens, *, max_length: int):
-    """Greedy decoding with the key/value cache: ([B, L] tokens, [B] scores).
-
-    Rows that produced eos keep emitting pad (score unchanged); the loop
-    exits once every row is done or `max_length` tokens were produced.
-    """
-    module = self.module
-    encoded, mask = module.apply({"params": params}, encoder_input_tokens,
-                                 method=ArSeq2SeqNetwork.encode)
-    cache = module.apply({"params": params}, encoded, max_length,
-                         method=ArSeq2SeqNetwork.init_cache)
-    batch = encoder_input_tokens.shape[0]
-    tokens = jnp.full((batch, max_length), self.pad_id, jnp.int32)
-    state = (jnp.zeros((), jnp.int32), jnp.full((batch,), self.bos_id, jnp.int32), cache,
-             tokens, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32))
-
-    def cond(state):
-      i, _, _, _, done, _ = state
-      return (i < max_length) & ~jnp.all(done)
-
-    def body(state):
-      i, last, cache, tokens, done, scores = state
-      logits, cache = module.apply({"params": params}, last, cache, i, mask,
-                                   method=ArSeq2SeqNetwork.decode_step)
-      log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-      best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
-      best_lp = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
-      scores = scores + jnp.where(done, 0.0, best_lp)
-      new = jnp.where(done, self.pad_id, best)
-      tokens = jax.lax.dynamic_update_slice(tokens, new[:, None], (0, i))
-      done = done | (best == self.eos_id)
-      return i + 1, new, cache, tokens, done, scores
-
-    _, _, _, tokens, _, scores = jax.lax.while_loop(cond, body, state)
-    return tokens, scores
-
   def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
                     **kwargs) -> jnp.ndarray:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
@@ -346,7 +362,8 @@ class ArSeq2SeqModel:
     if not isinstance(length, int) or not 1 <= length <= limit:
       raise ValueError(f"max_decode_length must be an int in [1, {limit}] "
                        f"(max_position_embeddings), got {length!r}")
-    tokens, scores = self._greedy(params, tokens_in, max_length=length)
+    tokens, scores = greedy_decode(self.module, params, tokens_in, jnp.int32(self.eos_id),
+                                   max_length=length, pad_id=self.pad_id, bos_id=self.bos_id)
     tokens, lengths = decoding.cut_at_first_eos(tokens, self.eos_id, self.pad_id)
     if return_all_decodes:
       tokens, scores = tokens[:, None], scores[:, None]

@@ -226,7 +226,10 @@ def beam_candidates(emissions: Array,
   # top_k indices carry no gradient; the gradient reaches the emissions
   # through the gather below.
   _, cand_tokens = lax.top_k(lax.stop_gradient(scores), beam_size)
-  cand_tokens = cand_tokens.astype(jnp.int32)
+  # The barrier materialises the beam once. Without it XLA:CPU fuses top_k
+  # into the consumers' gathers and recomputes it per element: measured 0.74 s
+  # vs 0.065 s for candidates + transitions at B=64, T=48, V=1029, K=16.
+  cand_tokens = lax.optimization_barrier(cand_tokens.astype(jnp.int32))
   cand_em = jnp.take_along_axis(emissions, cand_tokens, axis=-1)
   return cand_tokens, cand_em.astype(_acc_dtype(emissions))
 

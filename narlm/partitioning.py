@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import flax
 import flax.linen as nn
 from flax.linen import partitioning as flax_partitioning
 import jax
@@ -57,7 +58,7 @@ def create_mesh(num_model_partitions: int = 1,
 
 def logical_param_specs(params_axes: Any) -> Any:
   """The `params_axes` collection -> tree of logical PartitionSpecs."""
-  return flax_partitioning.get_axis_names(params_axes)
+  return flax.core.unfreeze(flax_partitioning.get_axis_names(params_axes))
 
 
 def check_params_have_axes(params: Any, logical_specs: Any) -> None:

@@ -75,16 +75,10 @@ class DistributedConfig:
 
 # --------------------------------------------------------------------- data
 def get_task_or_mixture(name: str):
-  import seqio  # pylint: disable=g-import-not-at-top
-  import narlm.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  try:
-    return seqio.get_mixture_or_task(name)
-  except (KeyError, ValueError) as e:
-    known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
-    import difflib  # pylint: disable=g-import-not-at-top
-    close = difflib.get_close_matches(name, known, n=5)
-    raise ValueError(f"unknown task or mixture {name!r}; close matches: {close or 'none'}"
-                     f" (run `python -m narlm.tasks` to list all)") from e
+  """The registered seqio task/mixture (importing narlm.tasks registers them);
+  an unknown name raises ValueError listing close matches."""
+  from narlm import tasks  # pylint: disable=g-import-not-at-top
+  return tasks.get_task_or_mixture(name)
 
 
 def get_dataset(cfg: DatasetConfig, model, *, num_epochs: Optional[int] = None,
@@ -115,15 +109,21 @@ def _checkpoint_manager(model_dir: str, cfg: CheckpointConfig):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True,
                                          enable_async_checkpointing=cfg.async_save)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(model_dir, "checkpoints")),
-                               options=options)
+  return ocp.CheckpointManager(_checkpoint_dir(model_dir), options=options)
+
+
+def _checkpoint_dir(model_dir: str):
+  """model_dir/checkpoints; local paths made absolute, gs:// etc. kept as is."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  path = epath.Path(model_dir) / "checkpoints"
+  return path if "://" in str(model_dir) else epath.Path(os.path.abspath(path))
 
 
 def restore_params(model_dir: str, step: Optional[int] = None) -> PyTree:
   """Loads the parameters of a narlm checkpoint (latest by default), on host."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(os.path.join(model_dir, "checkpoints"))
-  if not os.path.isdir(path):
+  path = _checkpoint_dir(model_dir)
+  if not path.is_dir():
     raise FileNotFoundError(f"no checkpoints under {path}")
   with ocp.CheckpointManager(path) as manager:
     step = manager.latest_step() if step is None else step
@@ -153,6 +153,7 @@ class Trainer:
     self.state_shardings = None
     self._train_step = None
     self._eval_step = None
+    self._predict: dict[tuple, Any] = {}
 
   # -- initialisation
   def init_state(self, batch_shape: tuple[int, int]) -> PyTree:
@@ -260,6 +261,14 @@ class Trainer:
                                    partitioning.data_sharding(self.mesh)))
     return self._eval_step
 
+  def compiled_predict(self, decode_items: tuple = ()):
+    """jitted predict_batch_with_aux, one per decoding configuration."""
+    if decode_items not in self._predict:
+      kwargs = dict(decode_items)
+      self._predict[decode_items] = jax.jit(
+          lambda p, b: self.model.predict_batch_with_aux(p, b, **kwargs))
+    return self._predict[decode_items]
+
   def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> Mapping[str, jax.Array]:
     """Per-host numpy batch -> global arrays split over the 'data' axis."""
     sharding = partitioning.data_sharding(self.mesh)
@@ -270,7 +279,7 @@ class Trainer:
 # --------------------------------------------------------------------- eval
 def _batched_predictions(trainer: Trainer, params, ds, batch_size: int, decode_kwargs):
   """seqio predict_fn body: (index, features) dataset -> [(index, tokens)]."""
-  predict = jax.jit(lambda p, b: trainer.model.predict_batch_with_aux(p, b, **decode_kwargs))
+  predict = trainer.compiled_predict(tuple(sorted(decode_kwargs.items())))
   out = []
   for batch in ds.batch(batch_size).as_numpy_iterator():
     index, features = batch
@@ -287,10 +296,12 @@ def _batched_predictions(trainer: Trainer, params, ds, batch_size: int, decode_k
 
 def evaluate_with_metrics(trainer: Trainer, params, cfg: DatasetConfig, *, step: int,
                           num_examples: Optional[int] = None,
-                          decode_kwargs: Optional[Mapping[str, Any]] = None):
+                          decode_kwargs: Optional[Mapping[str, Any]] = None,
+                          num_samples: int = 3):
   """Decodes `cfg.split` and computes the tasks' seqio metrics.
 
-  Returns (metrics {task: {name: value}}, first few (input, prediction, target)).
+  Returns (metrics {task: {name: value}}, the first `num_samples`
+  (input, prediction, target) strings per task).
   """
   import seqio  # pylint: disable=g-import-not-at-top
   get_task_or_mixture(cfg.mixture_or_task_name)
@@ -300,18 +311,23 @@ def evaluate_with_metrics(trainer: Trainer, params, cfg: DatasetConfig, *, step:
       eval_split=cfg.split, sequence_length=dict(cfg.task_feature_lengths),
       num_examples=num_examples, async_compute_metrics=False)
   decode_kwargs = dict(decode_kwargs or {})
-  predict_fn = lambda ds: _batched_predictions(trainer, params, ds, cfg.batch_size,
-                                               decode_kwargs)
+  predictions: list[list[tuple[int, list[int]]]] = []
+
+  def predict_fn(ds):
+    out = _batched_predictions(trainer, params, ds, cfg.batch_size, decode_kwargs)
+    predictions.append(out)
+    return out
+
   metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
   metrics = metrics.result() if hasattr(metrics, "result") else metrics
   samples = []
   vocab = trainer.model.output_vocabulary
-  for task in evaluator.eval_tasks:
+  for task, task_predictions in zip(evaluator.eval_tasks, predictions):
+    by_index = dict(task_predictions)
     cached = evaluator.cached_task_datasets[task.name]
-    preds = dict(predict_fn(evaluator.cached_model_datasets[task.name].take(3)))
-    for i, ex in enumerate(cached.take(3).as_numpy_iterator()):
+    for i, ex in enumerate(cached.take(num_samples).as_numpy_iterator()):
       samples.append((ex.get("inputs_pretokenized", b"").decode("utf-8", "replace"),
-                      vocab.decode(preds.get(i, [])),
+                      vocab.decode(by_index.get(i, [])),
                       ex.get("targets_pretokenized", b"").decode("utf-8", "replace")))
   return metrics, samples
 
@@ -377,7 +393,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
         local_device_ids=distributed.local_device_ids)
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}")
-  os.makedirs(model_dir, exist_ok=True)
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
   trainer = Trainer(model, num_model_partitions=num_model_partitions,
                     logical_axis_rules=logical_axis_rules, grad_accum_steps=grad_accum_steps,
                     seed=seed)
@@ -470,7 +487,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
 def _append_jsonl(path: str, record: Mapping[str, Any]) -> None:
   """One JSON line per log step: easy to read back (tests, plots)."""
   import json  # pylint: disable=g-import-not-at-top
-  with open(path, "a", encoding="utf-8") as f:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path, "a") as f:
     f.write(json.dumps(record) + "\n")
 
 
@@ -571,22 +589,20 @@ def main(argv: Sequence[str]) -> Mapping[str, float]:
     raise ValueError(f"the gin files {files} do not configure narlm.train.train "
                      "(include a narlm run gin, e.g. narlm/gin/runs/train.gin)") from e
   result = configured()
-  model_dir = _query_str("narlm.train.train.model_dir")
+  model_dir = _bound_model_dir(train_lib.train)
   if model_dir and jax.process_index() == 0:
-    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
       f.write(gin.operative_config_str())
   return result
 
 
-def _query_str(name: str) -> Optional[str]:
-  """The bound value of `name`, following one macro reference."""
+def _bound_model_dir(fn) -> Optional[str]:
+  """The gin-bound `model_dir` of `fn` (following a macro such as %MODEL_DIR)."""
   import gin  # pylint: disable=g-import-not-at-top
-  try:
-    value = gin.query_parameter(name)
-    if isinstance(value, gin.config.ConfigurableReference):
-      value = gin.query_parameter(str(value))
-  except ValueError:
-    return None
+  value = gin.get_bindings(fn).get("model_dir")
+  if isinstance(value, gin.config.ConfigurableReference):
+    value = gin.query_parameter(str(value))
   return value if isinstance(value, str) else None
 
 
@@ -596,6 +612,7 @@ def console_main() -> None:
     main(sys.argv[1:])
   except (TrainingError, ValueError, FileNotFoundError) as e:
     logging.error("%s", e)
+    logging.debug("traceback", exc_info=True)
     sys.exit(1)
 
 
