@@ -83,21 +83,19 @@ def optimizer_state_shardings(optimizer: optax.GradientTransformation, params_sh
   """Optimizer state shards like the parameter it belongs to; the rest
   (counts, scalars) is replicated."""
   state_shapes = jax.eval_shape(optimizer.init, params_shapes)
-  replicated = NamedSharding(mesh, PartitionSpec())
+  replicated_sharding = NamedSharding(mesh, PartitionSpec())
 
   def leaf_sharding(state_leaf, param_sharding):
-    del state_leaf
-    return param_sharding
+    # Factored optimizers (Adafactor) keep state whose shape differs from the
+    # parameter's: replicate those leaves instead of mis-sharding them.
+    if isinstance(state_leaf, optax.MaskedNode):  # multi_transform's "not mine"
+      return state_leaf
+    return param_sharding if _fits(state_leaf, param_sharding) else replicated_sharding
 
-  shardings = optax.tree_map_params(
+  return optax.tree_map_params(
       optimizer, leaf_sharding, state_shapes, params_shardings,
-      transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
-  # Factored optimizers (Adafactor) keep state whose shape differs from the
-  # parameter's: replicate those leaves instead of mis-sharding them.
-  return jax.tree_util.tree_map(
-      lambda shape, sharding: sharding if _fits(shape, sharding) else replicated,
-      state_shapes, shardings)
+      transform_non_params=lambda _: replicated_sharding,
+      is_leaf=lambda x: isinstance(x, (NamedSharding, optax.MaskedNode)))
 
 
 def _fits(shape_struct, sharding) -> bool:

@@ -1,0 +1,790 @@
+r"""narlm speed benchmark: NAR vs AR decoding, CRF costs, encoder vs PyTorch, input pipeline.
+
+Usage:
+  python -m narlm.bench [--quick] [--size tiny|small|base] [--out FILE.json]
+
+Prints one JSON document (also written to --out). Every figure is *warm*:
+programs are compiled ahead of time (`jax.jit(f).lower(...).compile()`, the
+time is reported separately as `compile_s`), each call is timed up to
+`jax.block_until_ready`, and the reported time is the median of the repeats.
+The machine may be shared, so contenders that are compared are measured side
+by side in the same run and *interleaved* (A, B, C, A, B, C, ... with the
+order rotated every repeat), and every ratio is given both as the ratio of
+the medians and as the median of the per-repeat (paired) ratios, with their
+min/max. The load average is recorded at the start and end of the run and of
+every section.
+
+Sections (see `SCHEMA` below for the keys):
+
+1. ``decode``: latency at batch 1 and throughput at batch 32 for output
+   lengths 16/32/64/128 (source length = output length, random ids, no
+   padding, one model size for everything) of
+
+   * ``nar_argmax``: NagBertModel.predict_batch_with_aux, decode_method='argmax';
+   * ``nar_crf_viterbi``: the same with 'viterbi' (beam Viterbi over all positions);
+   * ``nar_crf_ratio_first``: the same with 'ratio_first', alpha=0.6 (the
+     sentcomp fine-tuning gin's value): floor(0.6 n) + 2 of the n positions
+     are decoded (the fraction is reported per length);
+   * ``nar_crf_ratio_first_truncated``: *not narlm code*: a bench-local
+     variant that statically slices the positions ratio-first can ever
+     decode (n <= L, so floor(alpha L) + 2 is a static bound) before the
+     output head and the CRF; it shows what the fix proposed in the report
+     would gain, and is checked to return the same tokens;
+   * ``ar_greedy``: ArSeq2SeqModel's KV-cache greedy decoding
+     (`narlm.ar_models.greedy_decode`), decoder as deep as the encoder;
+   * ``ar_greedy_shallow``: the same with a 1-layer decoder (Kasai et al.).
+
+   The AR models are forced to generate all L tokens: ArSeq2SeqModel has no
+   min-length / no-eos mode, so the bench calls `greedy_decode` directly with
+   ``eos_id = -1``, an id argmax can never return (ids are >= 0); its loop
+   therefore never sees every row done and runs exactly L steps. speedup =
+   AR time / NAR time.
+2. ``train``: Trainer.train_step (narlm.train.Trainer, adamw with a separate
+   CRF learning rate, dropout on, donated state) with vs without the CRF at
+   the same size; crf_overhead = with / without - 1.
+   ``crf_forward``: crf_ops.crf_log_likelihood + its gradient with
+   ``parallel=False`` (lax.scan) vs ``parallel=True`` (associative scan) at
+   T = 128 and 512 for beam K in 16/32/64, at a fixed number of tokens per
+   batch; ``core`` isolates the forward algorithm (given candidate emissions
+   and transitions), ``full`` includes top-k over the vocabulary and the
+   transition gathers. The parallel path costs O(T K^3) work and memory.
+3. ``encoder_vs_torch``: forward+backward (parameter gradients, loss = mean
+   of squared hidden states) of narlm's BertEncoder vs Hugging Face
+   `transformers.BertModel` (no pooler) with the same config and batch, both
+   with dropout off, torch with as many intra-op threads as JAX's CPU client
+   uses (the CPUs this process may run on).
+4. ``pipeline``: tokens/s (non-pad encoder_input_tokens) of
+   `narlm.train.get_dataset` for 'sentcomp_bert' with the model's feature
+   converter vs the tokens/s the train step consumes at the same batch and
+   length; ratio > 1 means the input pipeline keeps up.
+
+``targets`` holds the pass/fail of the three targets; ``summary`` the
+headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+PAD_ID = 0
+EOS_ID = 102  # BERT WordPiece [SEP], as the sentcomp_bert task
+VOCAB_SIZE = 30522
+RATIO_FIRST_ALPHA = 0.6
+
+# Preset run shapes. `--quick` must finish in < 90 s on 2 shared CPU cores.
+PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "quick": dict(size="tiny", lengths=(16, 64), batches=(1, 32), repeats=3,
+                  train_batch=16, train_length=32, crf_lengths=(128,), crf_beams=(16,),
+                  crf_tokens=256, encoder_batch=16, encoder_length=64,
+                  pipeline_batches=12, crf_beam_size=16, cell_budget_s=10.0),
+    "full": dict(size="small", lengths=(16, 32, 64, 128), batches=(1, 32), repeats=5,
+                 train_batch=32, train_length=64, crf_lengths=(128, 512),
+                 crf_beams=(16, 32, 64), crf_tokens=1024, encoder_batch=32,
+                 encoder_length=64, pipeline_batches=40, crf_beam_size=64,
+                 cell_budget_s=90.0),
+}
+
+# Keys every result document has (tests/test_bench.py checks them).
+SCHEMA = {
+    "meta": ["argv", "preset", "size", "config", "versions", "devices", "cpu_threads",
+             "load_avg_start", "load_avg_end", "wall_time_s", "notes"],
+    "decode": ["alpha", "ar_forced_full_length", "methods", "cells"],
+    "train": ["batch", "length", "with_crf", "without_crf", "crf_overhead",
+              "with_over_without_ratio", "load_avg"],
+    "crf_forward": ["tokens_per_batch", "vocab_size", "cells", "load_avg"],
+    "encoder_vs_torch": ["batch", "length", "narlm", "torch", "narlm_over_torch_ratio",
+                         "torch_threads", "attn_implementation", "load_avg"],
+    "pipeline": ["task", "batch", "length", "pipeline_tokens_per_s", "trainer_tokens_per_s",
+                 "pipeline_over_trainer_ratio", "load_avg"],
+    "targets": ["ratio_first_10x_faster_than_ar_b1_L64", "crf_train_overhead_le_15pct",
+                "encoder_no_slower_than_torch"],
+    "summary": [],
+}
+NAR_METHODS = ("nar_argmax", "nar_crf_viterbi", "nar_crf_ratio_first",
+               "nar_crf_ratio_first_truncated")
+AR_METHODS = ("ar_greedy", "ar_greedy_shallow")
+
+
+# ---------------------------------------------------------------- utilities
+def log(msg: str) -> None:
+  print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load_avg() -> list[float]:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:  # pragma: no cover
+    return [float("nan")] * 3
+
+
+def cpu_threads() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # pragma: no cover
+    return os.cpu_count() or 1
+
+
+class IdVocabulary:
+  """Stand-in vocabulary with BERT's ids (pad 0, eos [SEP] = 102): timing
+  needs only the ids, not the WordPiece file."""
+  pad_id = PAD_ID
+  eos_id = EOS_ID
+  unk_id = 100
+
+  def __init__(self, size: int):
+    self.vocab_size = size
+
+  def encode(self, text):
+    return [int(t) for t in text.split()]
+
+  def decode(self, ids):
+    return " ".join(str(i) for i in ids)
+
+
+def aot(fn: Callable, *args, static_argnums=(), **jit_kwargs):
+  """(compiled, compile seconds) of jax.jit(fn) for these arguments."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn, static_argnums=static_argnums, **jit_kwargs).lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def timed(fn: Callable[[], Any]) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t0
+
+
+def interleaved(contenders: Mapping[str, Callable[[], Any]], repeats: int,
+                budget_s: Optional[float] = None, min_repeats: int = 3) -> dict[str, list[float]]:
+  """Times every contender once per repeat, rotating the order each repeat.
+
+  One untimed warm-up call each first. With `budget_s`, the number of
+  repeats is cut (not below `min_repeats`) so the cell fits the budget.
+  """
+  names = list(contenders)
+  warm = {name: timed(contenders[name]) for name in names}
+  if budget_s is not None:
+    per_round = max(sum(warm.values()), 1e-9)
+    repeats = max(min_repeats, min(repeats, int(budget_s / per_round)))
+  times: dict[str, list[float]] = {name: [] for name in names}
+  for r in range(repeats):
+    k = r % len(names)
+    for name in names[k:] + names[:k]:
+      times[name].append(timed(contenders[name]))
+  return times
+
+
+def stats(times: Sequence[float], items: Optional[float] = None) -> dict[str, Any]:
+  """Median/min/max in ms (+ items per second at the median)."""
+  med = statistics.median(times)
+  out = {"median_ms": round(med * 1e3, 4), "min_ms": round(min(times) * 1e3, 4),
+         "max_ms": round(max(times) * 1e3, 4), "repeats": len(times)}
+  if items is not None:
+    out["items_per_s"] = round(items / med, 2)
+  return out
+
+
+def ratio(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
+  """num/den as ratio of medians, and median/min/max of the paired ratios."""
+  paired = [a / b for a, b in zip(num, den)]
+  return {"ratio": statistics.median(num) / statistics.median(den),
+          "paired_median_ratio": statistics.median(paired),
+          "paired_min_ratio": min(paired), "paired_max_ratio": max(paired)}
+
+
+def _round_floats(obj, digits=4):
+  if isinstance(obj, float):
+    if not math.isfinite(obj):
+      return None
+    return float(f"{obj:.{digits}g}") if abs(obj) < 1e4 else round(obj, 1)
+  if isinstance(obj, dict):
+    return {k: _round_floats(v, digits) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_round_floats(v, digits) for v in obj]
+  return obj
+
+
+def random_tokens(rng: np.random.Generator, batch: int, length: int, vocab: int) -> jax.Array:
+  """Random source ids without pad/special tokens (ids >= 1000 are words in BERT)."""
+  return jnp.asarray(rng.integers(1000, vocab, size=(batch, length)).astype(np.int32))
+
+
+def synthetic_train_batch(rng: np.random.Generator, batch: int, length: int,
+                          vocab: int) -> dict[str, np.ndarray]:
+  """DESIGN.md layout: source of n in [L/2, L] tokens, target of ~0.6 n + eos eos."""
+  src = np.zeros((batch, length), np.int32)
+  tgt = np.zeros((batch, length), np.int32)
+  weights = np.zeros((batch, length), np.float32)
+  for i in range(batch):
+    n = int(rng.integers(length // 2, length + 1))
+    m = min(max(1, int(0.6 * n)), length - 2)
+    src[i, :n] = rng.integers(1000, vocab, size=n)
+    tgt[i, :m] = rng.integers(1000, vocab, size=m)
+    tgt[i, m:m + 2] = EOS_ID
+    weights[i, :m + 2] = 1.0
+  return {"encoder_input_tokens": src, "decoder_target_tokens": tgt,
+          "decoder_loss_weights": weights}
+
+
+def ratio_first_static_length(alpha: float, length: int) -> int:
+  """Static bound of the positions ratio-first decodes: floor(alpha L) + 2
+  (n <= L, and decoding.ratio_first_mask computes the limit in float32)."""
+  return min(length, int(np.floor(np.float32(alpha) * np.float32(length))) + 2)
+
+
+# ------------------------------------------------------------------- models
+def bert_cfg(size: str, vocab: int, dropout: float = 0.1):
+  from narlm.modules import encoder  # pylint: disable=g-import-not-at-top
+  return encoder.bert_config(size, vocab, hidden_dropout=dropout, attention_dropout=dropout)
+
+
+def make_nar_model(size: str, vocab: int, *, use_crf: bool = True, beam: int = 64,
+                   rank: int = 32, dropout: float = 0.1, optimizer=None):
+  from narlm import models  # pylint: disable=g-import-not-at-top
+  from narlm.modules.network import NagBertNetwork  # pylint: disable=g-import-not-at-top
+  net = NagBertNetwork(bert_cfg(size, vocab, dropout), use_crf=use_crf, crf_rank=rank,
+                       crf_beam_size=beam)
+  v = IdVocabulary(vocab)
+  return models.NagBertModel(net, v, v, optimizer, decode_method="viterbi",
+                             ratio_first_alpha=RATIO_FIRST_ALPHA)
+
+
+def make_ar_model(size: str, vocab: int, num_decoder_layers: Optional[int]):
+  from narlm import ar_models  # pylint: disable=g-import-not-at-top
+  net = ar_models.ArSeq2SeqNetwork(bert_cfg(size, vocab), num_decoder_layers=num_decoder_layers)
+  v = IdVocabulary(vocab)
+  return ar_models.ArSeq2SeqModel(net, v, v, None)
+
+
+def init_params(model, seed: int = 0):
+  shapes = {"encoder_input_tokens": (1, 16)}
+  fn = jax.jit(lambda r: model.get_initial_variables(r, shapes)["params"])
+  return fn(jax.random.PRNGKey(seed))
+
+
+# ------------------------------------------------------------------ decode
+def nar_predict_fn(model, method: str):
+  def fn(params, tokens):
+    return model.predict_batch_with_aux(params, {"encoder_input_tokens": tokens},
+                                        decode_method=method, alpha=RATIO_FIRST_ALPHA)
+  return fn
+
+
+def nar_ratio_first_truncated_fn(model, alpha: float = RATIO_FIRST_ALPHA):
+  """Ratio-first that never computes the positions it cannot decode.
+
+  Bench-local illustration of the proposed fix (see the module docstring):
+  identical outputs to predict_batch_with_aux(decode_method='ratio_first').
+  """
+  from narlm import decoding  # pylint: disable=g-import-not-at-top
+
+  def apply_fn(net, tokens, t_keep):
+    hidden = net.bert.encode(tokens)
+    logits = net.bert.logits(hidden[:, :t_keep])
+    mask = decoding.ratio_first_mask(tokens, alpha, length=t_keep, pad_id=model.pad_id)
+    out, scores = net.crf.decode(logits, mask)
+    return out, scores, mask
+
+  def fn(params, tokens):
+    length = tokens.shape[1]
+    t_keep = ratio_first_static_length(alpha, length)
+    out, scores, mask = model.module.apply({"params": params}, tokens, t_keep,
+                                           method=apply_fn)
+    out, lengths = decoding.cut_at_first_eos(out, model.eos_id, model.pad_id, mask)
+    out = jnp.pad(out, ((0, 0), (0, length - t_keep)), constant_values=model.pad_id)
+    return out, {"scores": scores, "length": lengths}
+  return fn
+
+
+def ar_forced_fn(model):
+  """KV-cache greedy decoding forced to L steps (eos_id = -1 never matches)."""
+  from narlm import ar_models  # pylint: disable=g-import-not-at-top
+  from narlm import decoding  # pylint: disable=g-import-not-at-top
+
+  def fn(params, tokens):
+    out, scores = ar_models.greedy_decode(model.module, params, tokens, jnp.int32(-1),
+                                          max_length=tokens.shape[1], pad_id=model.pad_id,
+                                          bos_id=model.bos_id)
+    out, lengths = decoding.cut_at_first_eos(out, -1, model.pad_id)
+    return out, {"scores": scores, "length": lengths}
+  return fn
+
+
+def bench_decode(p: Mapping[str, Any], vocab: int, rng: np.random.Generator) -> dict:
+  size = p["size"]
+  log(f"decode: building models ({size}, vocab {vocab}, beam {p['crf_beam_size']})")
+  nar = make_nar_model(size, vocab, beam=p["crf_beam_size"])
+  ar = make_ar_model(size, vocab, None)
+  ar1 = make_ar_model(size, vocab, 1)
+  nar_params, ar_params, ar1_params = init_params(nar), init_params(ar), init_params(ar1)
+  fns = {
+      "nar_argmax": (nar_predict_fn(nar, "argmax"), nar_params),
+      "nar_crf_viterbi": (nar_predict_fn(nar, "viterbi"), nar_params),
+      "nar_crf_ratio_first": (nar_predict_fn(nar, "ratio_first"), nar_params),
+      "nar_crf_ratio_first_truncated": (nar_ratio_first_truncated_fn(nar), nar_params),
+      "ar_greedy": (ar_forced_fn(ar), ar_params),
+      "ar_greedy_shallow": (ar_forced_fn(ar1), ar1_params),
+  }
+  cells = {}
+  for batch in p["batches"]:
+    for length in p["lengths"]:
+      key = f"batch_{batch}_length_{length}"
+      la0 = load_avg()
+      tokens = random_tokens(rng, batch, length, vocab)
+      compiled, compile_s = {}, {}
+      for name, (fn, params) in fns.items():
+        compiled[name], compile_s[name] = aot(fn, params, tokens)
+      outs = {name: compiled[name](fns[name][1], tokens) for name in fns}
+      contenders = {name: functools.partial(compiled[name], fns[name][1], tokens)
+                    for name in fns}
+      times = interleaved(contenders, p["repeats"], budget_s=p["cell_budget_s"])
+      items = batch * length
+      methods = {}
+      for name in fns:
+        methods[name] = dict(stats(times[name], items), compile_s=round(compile_s[name], 3))
+        methods[name]["tokens_per_s"] = methods[name].pop("items_per_s")
+      speedup = {}
+      for a in AR_METHODS:
+        speedup[a] = {m: ratio(times[a], times[m]) for m in NAR_METHODS}
+      ref, trunc = outs["nar_crf_ratio_first"], outs["nar_crf_ratio_first_truncated"]
+      cells[key] = {
+          "batch": batch, "length": length, "methods": methods, "speedup": speedup,
+          "ratio_first_positions_decoded": ratio_first_static_length(RATIO_FIRST_ALPHA,
+                                                                     length),
+          "ratio_first_fraction_decoded": ratio_first_static_length(RATIO_FIRST_ALPHA,
+                                                                    length) / length,
+          "truncated_matches_ratio_first": bool(np.array_equal(np.asarray(ref[0]),
+                                                               np.asarray(trunc[0]))),
+          "ar_output_nonpad_fraction": float(np.mean(np.asarray(outs["ar_greedy"][0]) != 0)),
+          "load_avg_start": la0, "load_avg_end": load_avg(),
+      }
+      s = speedup["ar_greedy"]
+      log(f"decode {key}: " + ", ".join(
+          f"{n}={methods[n]['median_ms']:.1f}ms" for n in fns) +
+          f" | ar/ratio_first={s['nar_crf_ratio_first']['ratio']:.2f}x")
+  return {
+      "alpha": RATIO_FIRST_ALPHA,
+      "beam_size": p["crf_beam_size"], "crf_rank": 32,
+      "ar_forced_full_length": (
+          "ArSeq2SeqModel has no min-length/no-eos mode: the bench calls "
+          "narlm.ar_models.greedy_decode directly with eos_id=-1, which argmax never "
+          "returns, so the while_loop runs exactly L steps for every row"),
+      "ar_decoder_layers": {"ar_greedy": ar.module.decoder_layers,
+                            "ar_greedy_shallow": ar1.module.decoder_layers},
+      "methods": {
+          "nar_argmax": "predict_batch_with_aux(decode_method='argmax')",
+          "nar_crf_viterbi": "predict_batch_with_aux(decode_method='viterbi')",
+          "nar_crf_ratio_first": f"predict_batch_with_aux(decode_method='ratio_first', "
+                                 f"alpha={RATIO_FIRST_ALPHA})",
+          "nar_crf_ratio_first_truncated": (
+              "bench-local: ratio-first with the head and CRF run only on the first "
+              "floor(alpha*L)+2 positions (proposed fix; not narlm code)"),
+          "ar_greedy": "greedy_decode, KV cache, decoder layers = encoder layers",
+          "ar_greedy_shallow": "greedy_decode, KV cache, 1 decoder layer",
+      },
+      "speedup_definition": "AR time / NAR time (ratio of medians; paired_* per repeat)",
+      "cells": cells,
+  }
+
+
+# ------------------------------------------------------------------- train
+def make_trainer(size: str, vocab: int, use_crf: bool, beam: int):
+  from narlm import optimizers  # pylint: disable=g-import-not-at-top
+  from narlm import train as train_lib  # pylint: disable=g-import-not-at-top
+  opt = optimizers.create_optimizer("adamw", 5e-5, crf_learning_rate=1e-3)
+  model = make_nar_model(size, vocab, use_crf=use_crf, beam=beam, optimizer=opt)
+  return train_lib.Trainer(model)
+
+
+def bench_train(p: Mapping[str, Any], vocab: int, rng: np.random.Generator) -> dict:
+  batch, length = p["train_batch"], p["train_length"]
+  la0 = load_avg()
+  log(f"train: Trainer.train_step with/without CRF, batch {batch} x length {length}")
+  np_batch = synthetic_train_batch(rng, batch, length, vocab)
+  runs = {}
+  for name, use_crf in (("with_crf", True), ("without_crf", False)):
+    trainer = make_trainer(p["size"], vocab, use_crf, p["crf_beam_size"])
+    state = trainer.init_state((batch, length))
+    gbatch = trainer.global_batch(np_batch)
+    step = trainer.compiled_train_step()
+    with trainer.mesh:
+      t0 = time.perf_counter()
+      compiled = step.lower(state, gbatch).compile()
+      compile_s = time.perf_counter() - t0
+    runs[name] = {"trainer": trainer, "compiled": compiled, "state": state, "batch": gbatch,
+                  "compile_s": compile_s}
+
+  def make_call(run):
+    def call():
+      with run["trainer"].mesh:
+        run["state"], metrics = run["compiled"](run["state"], run["batch"])
+      return metrics["loss"]
+    return call
+
+  times = interleaved({name: make_call(run) for name, run in runs.items()}, p["repeats"],
+                      budget_s=p["cell_budget_s"])
+  out = {"batch": batch, "length": length, "optimizer": "adamw (crf lr 1e-3), clip 1.0",
+         "dropout": 0.1, "beam_size": p["crf_beam_size"], "crf_rank": 32}
+  for name, run in runs.items():
+    out[name] = dict(stats(times[name], batch * length), compile_s=round(run["compile_s"], 3))
+    out[name]["positions_per_s"] = out[name].pop("items_per_s")
+    out[name]["final_loss"] = float(jax.device_get(make_call(run)()))
+  r = ratio(times["with_crf"], times["without_crf"])
+  out["with_over_without_ratio"] = r
+  out["crf_overhead"] = r["ratio"] - 1.0
+  out["crf_overhead_paired"] = r["paired_median_ratio"] - 1.0
+  out["load_avg"] = [la0, load_avg()]
+  log(f"train: with={out['with_crf']['median_ms']:.1f}ms "
+      f"without={out['without_crf']['median_ms']:.1f}ms overhead={out['crf_overhead']:+.1%}")
+  out["_median_with_crf_s"] = statistics.median(times["with_crf"])
+  return out
+
+
+def bench_crf_forward(p: Mapping[str, Any], vocab: int, rng: np.random.Generator) -> dict:
+  from narlm import crf_ops  # pylint: disable=g-import-not-at-top
+  la0 = load_avg()
+  tokens = p["crf_tokens"]
+  rank = 32
+  cells = {}
+  core_fn = getattr(crf_ops, "_log_partition_core", None)
+  for t_len in p["crf_lengths"]:
+    batch = max(1, tokens // t_len)
+    key_rng = np.random.default_rng(int(rng.integers(1 << 30)))
+    em = jnp.asarray(key_rng.standard_normal((batch, t_len, vocab), np.float32))
+    tgt = jnp.asarray(key_rng.integers(1000, vocab, size=(batch, t_len)).astype(np.int32))
+    mask = jnp.asarray(np.arange(t_len)[None, :] < key_rng.integers(
+        t_len // 2, t_len + 1, size=(batch, 1)))
+    e1 = jnp.asarray(key_rng.standard_normal((vocab, rank), np.float32) / rank**0.5)
+    e2 = jnp.asarray(key_rng.standard_normal((vocab, rank), np.float32) / rank**0.5)
+    for k in p["crf_beams"]:
+      log(f"crf_forward: T={t_len} K={k} batch={batch}")
+      cell = {"T": t_len, "K": k, "batch": batch,
+              "parallel_extra_bytes_estimate": batch * (t_len - 1) // 2 * k**3 * 4}
+
+      def full(parallel, em, e1, e2, k=k):
+        def loss(em, e1, e2):
+          return crf_ops.crf_log_likelihood(em, tgt, mask, e1, e2, k, parallel=parallel).sum()
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(em, e1, e2)
+
+      compiled, compile_s = {}, {}
+      for name, par in (("scan", False), ("parallel", True)):
+        compiled[name], compile_s[name] = aot(functools.partial(full, par), em, e1, e2)
+      res = {n: compiled[n](em, e1, e2) for n in compiled}
+      cell["full_values_agree"] = bool(np.allclose(np.asarray(res["scan"][0]),
+                                                   np.asarray(res["parallel"][0]),
+                                                   rtol=1e-4, atol=1e-2))
+      times = interleaved({n: functools.partial(compiled[n], em, e1, e2) for n in compiled},
+                          p["repeats"], budget_s=p["cell_budget_s"] / 3)
+      cell["full"] = {n: dict(stats(times[n]), compile_s=round(compile_s[n], 3))
+                      for n in compiled}
+      cell["full"]["parallel_over_scan_ratio"] = ratio(times["parallel"], times["scan"])
+
+      if core_fn is not None:
+        cand_tokens, cand_em = crf_ops.beam_candidates(em, k, tgt)
+        trans = crf_ops.beam_transitions(cand_tokens, e1, e2)
+        cand_em, trans = jax.block_until_ready((cand_em, trans))
+
+        def core(parallel, cand_em, trans):
+          return jax.value_and_grad(
+              lambda c, tr: core_fn(c, mask, tr, parallel).sum(), argnums=(0, 1))(cand_em, trans)
+
+        compiled, compile_s = {}, {}
+        for name, par in (("scan", False), ("parallel", True)):
+          compiled[name], compile_s[name] = aot(functools.partial(core, par), cand_em, trans)
+        times = interleaved({n: functools.partial(compiled[n], cand_em, trans)
+                             for n in compiled}, p["repeats"], budget_s=p["cell_budget_s"] / 3)
+        cell["core"] = {n: dict(stats(times[n]), compile_s=round(compile_s[n], 3))
+                        for n in compiled}
+        cell["core"]["parallel_over_scan_ratio"] = ratio(times["parallel"], times["scan"])
+      cells[f"T{t_len}_K{k}"] = cell
+      log(f"crf_forward T={t_len} K={k}: full scan={cell['full']['scan']['median_ms']:.1f}ms "
+          f"parallel={cell['full']['parallel']['median_ms']:.1f}ms")
+  return {"tokens_per_batch": tokens, "vocab_size": vocab, "crf_rank": rank,
+          "what": "crf_log_likelihood + grad wrt emissions and E1/E2 (full); "
+                  "forward algorithm + grad given beam emissions/transitions (core)",
+          "model_beam_size": p["crf_beam_size"], "cells": cells,
+          "load_avg": [la0, load_avg()]}
+
+
+# --------------------------------------------------------- encoder vs torch
+def bench_encoder_vs_torch(p: Mapping[str, Any], vocab: int, rng: np.random.Generator) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from narlm.modules.encoder import BertEncoder  # pylint: disable=g-import-not-at-top
+  la0 = load_avg()
+  batch, length = p["encoder_batch"], p["encoder_length"]
+  cfg = bert_cfg(p["size"], vocab, dropout=0.0)
+  log(f"encoder_vs_torch: {p['size']} batch {batch} x length {length}")
+  ids_np = rng.integers(1000, vocab, size=(batch, length)).astype(np.int32)
+
+  # narlm
+  enc = BertEncoder(cfg)
+  ids = jnp.asarray(ids_np)
+  params = jax.jit(lambda r: enc.init(r, ids)["params"])(jax.random.PRNGKey(0))
+
+  def loss(params, ids):
+    hidden = enc.apply({"params": params}, ids, deterministic=True)
+    return jnp.mean(jnp.square(hidden.astype(jnp.float32)))
+
+  jax_step, jax_compile = aot(jax.value_and_grad(loss), params, ids)
+
+  # torch
+  threads = cpu_threads()
+  prev_threads = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  hf_cfg = transformers.BertConfig(
+      vocab_size=vocab, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+      max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
+      hidden_act=cfg.hidden_act, layer_norm_eps=cfg.layer_norm_eps,
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  torch.manual_seed(0)
+  tmodel = transformers.BertModel(hf_cfg, add_pooling_layer=False)
+  tmodel.eval()  # dropout off (it is also 0.0); autograd still on
+  tids = torch.from_numpy(ids_np.astype(np.int64))
+  tmask = torch.ones_like(tids)
+
+  def torch_step():
+    tmodel.zero_grad(set_to_none=True)
+    hidden = tmodel(input_ids=tids, attention_mask=tmask).last_hidden_state
+    loss_t = hidden.float().pow(2).mean()
+    loss_t.backward()
+    return loss_t.item()
+
+  try:
+    t0 = time.perf_counter()
+    torch_step()
+    torch_first = time.perf_counter() - t0
+    times = interleaved({"narlm": functools.partial(jax_step, params, ids),
+                         "torch": torch_step}, p["repeats"], budget_s=p["cell_budget_s"])
+  finally:
+    torch.set_num_threads(prev_threads)
+  out = {"batch": batch, "length": length, "size": p["size"],
+         "narlm": dict(stats(times["narlm"], batch * length), compile_s=round(jax_compile, 3)),
+         "torch": dict(stats(times["torch"], batch * length),
+                       first_call_s=round(torch_first, 3)),
+         "narlm_over_torch_ratio": ratio(times["narlm"], times["torch"]),
+         "torch_threads": threads, "jax_cpu_threads": threads,
+         "attn_implementation": getattr(tmodel.config, "_attn_implementation", None),
+         "what": "forward + backward to parameter grads, loss = mean(hidden^2), "
+                 "dropout off, no pooler, no optimizer update",
+         "load_avg": [la0, load_avg()]}
+  for n in ("narlm", "torch"):
+    out[n]["positions_per_s"] = out[n].pop("items_per_s")
+  log(f"encoder_vs_torch: narlm={out['narlm']['median_ms']:.1f}ms "
+      f"torch={out['torch']['median_ms']:.1f}ms")
+  return out
+
+
+# ----------------------------------------------------------------- pipeline
+def bench_pipeline(p: Mapping[str, Any], vocab: int, train_step_s: float) -> dict:
+  from narlm import train as train_lib  # pylint: disable=g-import-not-at-top
+  la0 = load_avg()
+  batch, length = p["train_batch"], p["train_length"]
+  n_batches = p["pipeline_batches"]
+  log(f"pipeline: sentcomp_bert batch {batch} x length {length}, {n_batches} batches")
+  model = make_nar_model(p["size"], vocab, beam=p["crf_beam_size"])
+  cfg = train_lib.DatasetConfig("sentcomp_bert", {"inputs": length, "targets": length},
+                                split="train", batch_size=batch, shuffle=True, seed=0)
+  t0 = time.perf_counter()
+  ds = train_lib.get_dataset(cfg, model, num_epochs=None)
+  it = ds.as_numpy_iterator()
+  first = next(it)
+  startup = time.perf_counter() - t0
+  nonpad = []
+  t1 = time.perf_counter()
+  for _ in range(n_batches):
+    b = next(it)
+    nonpad.append(int((b["encoder_input_tokens"] != PAD_ID).sum()))
+  steady = time.perf_counter() - t1
+  del first
+  mean_nonpad = float(np.mean(nonpad))
+  pipe_tps = sum(nonpad) / steady
+  trainer_tps = mean_nonpad / train_step_s
+  out = {"task": "sentcomp_bert", "split": "train", "batch": batch, "length": length,
+         "batches_timed": n_batches, "startup_s": startup,
+         "mean_nonpad_tokens_per_batch": mean_nonpad,
+         "pipeline_batches_per_s": n_batches / steady,
+         "pipeline_tokens_per_s": pipe_tps,
+         "trainer_step_s": train_step_s, "trainer_tokens_per_s": trainer_tps,
+         "pipeline_over_trainer_ratio": pipe_tps / trainer_tps,
+         "note": "pipeline measured alone (first batch, which fills the shuffle buffer, "
+                 "excluded); in training it shares the same CPUs with the train step",
+         "load_avg": [la0, load_avg()]}
+  log(f"pipeline: {pipe_tps:.0f} tok/s vs trainer {trainer_tps:.0f} tok/s")
+  return out
+
+
+# --------------------------------------------------------------------- main
+def _target(value, threshold, passed, **extra) -> dict:
+  return dict(value=value, threshold=threshold, passed=bool(passed), **extra)
+
+
+def evaluate_targets(res: dict, lengths: Sequence[int]) -> dict:
+  targets = {}
+  dec = res.get("decode", {}).get("cells", {})
+  length = 64 if 64 in lengths else max(lengths)
+  cell = dec.get(f"batch_1_length_{length}")
+  if cell:
+    sp = cell["speedup"]["ar_greedy"]["nar_crf_ratio_first"]
+    targets["ratio_first_10x_faster_than_ar_b1_L64"] = _target(
+        sp["ratio"], 10.0, sp["ratio"] >= 10.0, measured_at_length=length,
+        paired_range=[sp["paired_min_ratio"], sp["paired_max_ratio"]],
+        vs_shallow_ar=cell["speedup"]["ar_greedy_shallow"]["nar_crf_ratio_first"]["ratio"],
+        with_truncation_fix=cell["speedup"]["ar_greedy"]["nar_crf_ratio_first_truncated"]
+        ["ratio"])
+  else:
+    targets["ratio_first_10x_faster_than_ar_b1_L64"] = _target(None, 10.0, False,
+                                                               error="not measured")
+  tr = res.get("train")
+  if tr and "crf_overhead" in tr:
+    targets["crf_train_overhead_le_15pct"] = _target(
+        tr["crf_overhead"], 0.15, tr["crf_overhead"] <= 0.15,
+        paired=tr["crf_overhead_paired"])
+  else:
+    targets["crf_train_overhead_le_15pct"] = _target(None, 0.15, False, error="not measured")
+  enc = res.get("encoder_vs_torch")
+  if enc and "narlm_over_torch_ratio" in enc:
+    r = enc["narlm_over_torch_ratio"]
+    targets["encoder_no_slower_than_torch"] = _target(
+        r["ratio"], 1.0, r["ratio"] <= 1.0,
+        paired_range=[r["paired_min_ratio"], r["paired_max_ratio"]])
+  else:
+    targets["encoder_no_slower_than_torch"] = _target(None, 1.0, False, error="not measured")
+  return targets
+
+
+def summarize(res: dict) -> dict:
+  s: dict[str, Any] = {}
+  for key, cell in res.get("decode", {}).get("cells", {}).items():
+    s[f"decode_{key}_speedup_vs_ar_greedy"] = {
+        m: cell["speedup"]["ar_greedy"][m]["ratio"] for m in NAR_METHODS}
+    s[f"decode_{key}_speedup_vs_ar_shallow"] = {
+        m: cell["speedup"]["ar_greedy_shallow"][m]["ratio"] for m in NAR_METHODS}
+  if "train" in res and "crf_overhead" in res["train"]:
+    s["train_crf_overhead"] = res["train"]["crf_overhead"]
+  for key, cell in res.get("crf_forward", {}).get("cells", {}).items():
+    s[f"crf_{key}_parallel_over_scan_ratio"] = cell["full"]["parallel_over_scan_ratio"]["ratio"]
+  if "narlm_over_torch_ratio" in res.get("encoder_vs_torch", {}):
+    s["encoder_narlm_over_torch_ratio"] = res["encoder_vs_torch"]["narlm_over_torch_ratio"][
+        "ratio"]
+  if "pipeline_over_trainer_ratio" in res.get("pipeline", {}):
+    s["pipeline_over_trainer_ratio"] = res["pipeline"]["pipeline_over_trainer_ratio"]
+  return s
+
+
+def parse_args(argv: Optional[Sequence[str]]):
+  ap = argparse.ArgumentParser(prog="python -m narlm.bench", description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true", help="tiny model, 2 lengths, few repeats")
+  ap.add_argument("--size", choices=("tiny", "small", "base"), default=None,
+                  help="model size (default: tiny with --quick, else small)")
+  ap.add_argument("--out", default=None, help="also write the JSON here")
+  ap.add_argument("--repeats", type=int, default=None)
+  ap.add_argument("--lengths", default=None, help="comma-separated decode lengths")
+  ap.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)
+  ap.add_argument("--sections", default="decode,train,crf_forward,encoder_vs_torch,pipeline")
+  ap.add_argument("--seed", type=int, default=0)
+  return ap.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  args = parse_args(argv)
+  t_start = time.perf_counter()
+  preset_name = "quick" if args.quick else "full"
+  p = dict(PRESETS[preset_name])
+  if args.size:
+    p["size"] = args.size
+  if args.repeats:
+    p["repeats"] = args.repeats
+  if args.lengths:
+    p["lengths"] = tuple(int(x) for x in args.lengths.split(","))
+  sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+  vocab = args.vocab_size
+  rng = np.random.default_rng(args.seed)
+  import flax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  res: dict[str, Any] = {"meta": {
+      "argv": list(argv) if argv is not None else sys.argv[1:], "preset": preset_name,
+      "size": p["size"],
+      "config": {k: list(v) if isinstance(v, tuple) else v for k, v in p.items()},
+      "vocab_size": vocab,
+      "versions": {"python": platform.python_version(), "jax": jax.__version__,
+                   "flax": flax.__version__, "optax": optax.__version__},
+      "devices": [str(d) for d in jax.devices()], "cpu_threads": cpu_threads(),
+      "platform": platform.platform(), "load_avg_start": load_avg(),
+      "start_time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "notes": [
+          "times are warm medians; compile_s is AOT lower+compile time",
+          "contenders interleaved with rotating order; ratios as ratio of medians "
+          "and paired per-repeat median/min/max",
+          "load average [1, 5, 15 min] recorded at start/end of the run and of each section",
+      ]}}
+  log(f"preset {preset_name}: {p}, load {res['meta']['load_avg_start']}")
+  runners = {
+      "decode": lambda: bench_decode(p, vocab, rng),
+      "train": lambda: bench_train(p, vocab, rng),
+      "crf_forward": lambda: bench_crf_forward(p, vocab, rng),
+      "encoder_vs_torch": lambda: bench_encoder_vs_torch(p, vocab, rng),
+  }
+  for name in sections:
+    if name == "pipeline":
+      continue
+    if name not in runners:
+      raise ValueError(f"unknown section {name!r}")
+    try:
+      res[name] = runners[name]()
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"{name} failed: {e!r}")
+      res[name] = {"error": repr(e), "traceback": traceback.format_exc()}
+  if "pipeline" in sections:
+    try:
+      step_s = res.get("train", {}).pop("_median_with_crf_s", None)
+      if step_s is None:
+        raise RuntimeError("the pipeline comparison needs the 'train' section")
+      res["pipeline"] = bench_pipeline(p, vocab, step_s)
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"pipeline failed: {e!r}")
+      res["pipeline"] = {"error": repr(e), "traceback": traceback.format_exc()}
+  if isinstance(res.get("train"), dict):
+    res["train"].pop("_median_with_crf_s", None)
+  res["targets"] = evaluate_targets(res, p["lengths"])
+  res["summary"] = summarize(res)
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    res["meta"]["versions"].update(torch=torch.__version__,
+                                   transformers=transformers.__version__)
+  except ImportError:  # pragma: no cover
+    pass
+  res["meta"]["load_avg_end"] = load_avg()
+  res["meta"]["wall_time_s"] = time.perf_counter() - t_start
+  res = _round_floats(res)
+  text = json.dumps(res, indent=1, sort_keys=False)
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      f.write(text + "\n")
+  print(text)
+  log(f"done in {res['meta']['wall_time_s']:.1f}s, load {res['meta']['load_avg_end']}")
+  return res
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,814 @@
+r"""Generation service and demo page: NAG-BERT next to its autoregressive baseline.
+
+Usage:
+  python -m narlm.serve --model_dir=/tmp/narlm_quickstart \
+      [--ar_model_dir=/tmp/narlm_ar] [--host=127.0.0.1 --port=8080]
+
+Each model directory is a narlm training run: its `config.gin` (the operative
+gin config `narlm.train.main` writes) is parsed to build the configured
+`MODEL`, and the latest checkpoint is loaded with `narlm.train.restore_params`.
+`--model_dir` must hold a `NagBertModel`, `--ar_model_dir` an
+`ArSeq2SeqModel`. Every (method, length bucket, batch bucket) program is
+compiled by a warm-up before the server accepts connections, so no request
+pays for a compile (except a ratio-first alpha not seen before, see below).
+
+HTTP API (JSON in and out; every error is `{"error": "..."}` with a 4xx
+status naming the problem; never a traceback):
+
+  POST /api/generate
+    {"texts": ["..."], "methods": ["argmax", "viterbi", "ratio_first",
+     "ar_greedy"], "alpha": 0.6}
+    -> {"results": [{"method": "viterbi", "kind": "NAR", "outputs": ["..."],
+        "latency_ms": 12.3}, ...], "total_ms": 40.1}
+    `methods` defaults to every method this server offers. `alpha` (the
+    ratio-first output/input length ratio) is needed for ratio_first unless
+    the model's config binds RATIO_FIRST_ALPHA; it is rounded to 0.01.
+    `latency_ms` is the warm wall time of one batched call for all texts
+    (tokenise, pad to the bucket, jitted predict, detokenise); time spent
+    waiting for the model lock is not included (it is in `total_ms`).
+  GET /api/health  -> status, loaded models, methods, limits.
+  GET /            -> the demo page (narlm/static: plain HTML + JS + CSS).
+
+Concurrency: `ThreadingHTTPServer` (a thread per connection); parsing and
+validation run in parallel, the model calls are serialised by one lock (the
+machine's cores go to one XLA computation at a time and the per-method
+timings are not disturbed by other requests). Past `--max_pending` requests
+waiting for the lock, the server answers 503 instead of queueing more.
+
+Alpha is a static argument of the jitted prediction (`decoding.Generator`),
+so each distinct alpha is a separate compiled program: the warm-up compiles
+`--alpha`, a new value compiles on its first use, and at most
+`--max_alpha_values` distinct values are accepted (then 400 listing them).
+
+The server has no authentication: it binds to 127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import http
+import http.server
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from typing import Any, Mapping, Optional, Sequence
+
+from narlm import decoding
+
+logger = logging.getLogger("narlm.serve")
+
+NAR_METHODS = ("argmax", "viterbi", "ratio_first")
+AR_METHOD = "ar_greedy"
+ALL_METHODS = NAR_METHODS + (AR_METHOD,)
+REQUEST_FIELDS = ("texts", "methods", "alpha")
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+# The page loads nothing but its own files and talks to nothing but this server.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# An over-long body is read and discarded up to this size before the 413
+# (so the client, still sending, gets the answer); beyond it the connection
+# is just closed after the 413.
+DRAIN_LIMIT = 8 << 20
+
+
+class RequestError(Exception):
+  """A bad request: answered with `status` and {"error": message}."""
+
+  def __init__(self, status: int, message: str, headers: Optional[Mapping[str, str]] = None):
+    super().__init__(message)
+    self.status = status
+    self.message = message
+    self.headers = dict(headers or {})
+
+
+# ----------------------------------------------------------------- models
+@dataclasses.dataclass
+class LoadedModel:
+  """A model built from a run's config.gin, with its restored params."""
+  model: Any
+  params: Any
+  model_dir: str
+  # TASK_FEATURE_LENGTHS['inputs'] of the run, when its config binds it.
+  input_length: Optional[int] = None
+
+  @property
+  def kind(self) -> str:
+    return type(self.model).__name__
+
+
+def _read_text(path: str) -> str:
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path).read_text()
+
+
+def load_model(model_dir: str, step: Optional[int] = None) -> LoadedModel:
+  """Builds `MODEL` from `model_dir/config.gin` and restores its parameters.
+
+  The global gin config is cleared before and after (gin is global state;
+  the model object keeps what it needs).
+
+  Raises:
+    FileNotFoundError: no config.gin / no checkpoint (the message names it).
+    ValueError: config.gin does not parse or defines no MODEL.
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from narlm import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  config_path = os.path.join(model_dir, "config.gin")
+  try:
+    config_text = _read_text(config_path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{config_path} not found: --model_dir must be a narlm training "
+                            "run directory (narlm.train writes config.gin there)") from e
+  gin.clear_config()
+  try:
+    try:
+      gin.parse_config(config_text)
+    except (SyntaxError, ValueError, KeyError, ImportError, TypeError) as e:
+      raise ValueError(f"could not parse {config_path}: {e}") from e
+    try:
+      gin.query_parameter("%MODEL")
+    except ValueError as e:
+      raise ValueError(f"{config_path} defines no MODEL macro (include a model gin, e.g. "
+                       "narlm/gin/models/tiny.gin)") from e
+    # Evaluates `%MODEL` exactly as a `model = %MODEL` binding would.
+    try:
+      model = gin.config.ConfigurableReference("MODEL/gin.macro", True).scoped_configurable_fn()
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (gin re-raises a proxy)
+      raise ValueError(f"could not build MODEL from {config_path}: {e}") from e
+    input_length = None
+    try:
+      lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+      if isinstance(lengths, Mapping) and isinstance(lengths.get("inputs"), int):
+        input_length = int(lengths["inputs"])
+    except ValueError:
+      pass
+  finally:
+    gin.clear_config()
+  params = train_lib.restore_params(model_dir, step)
+  # Once on the device, not on every call.
+  params = jax.device_put(params)
+  return LoadedModel(model=model, params=params, model_dir=model_dir, input_length=input_length)
+
+
+def _nar_has_crf(loaded: LoadedModel) -> bool:
+  return bool(getattr(loaded.model.module, "use_crf", False))
+
+
+def _check_model_kinds(nar: LoadedModel, ar: Optional[LoadedModel]) -> None:
+  from narlm import ar_models  # pylint: disable=g-import-not-at-top
+  from narlm import models  # pylint: disable=g-import-not-at-top
+  if not isinstance(nar.model, models.NagBertModel):
+    raise ValueError(f"--model_dir {nar.model_dir} holds a {nar.kind}, expected a NagBertModel"
+                     + (" (pass an AR run as --ar_model_dir)"
+                        if isinstance(nar.model, ar_models.ArSeq2SeqModel) else ""))
+  if ar is not None and not isinstance(ar.model, ar_models.ArSeq2SeqModel):
+    raise ValueError(f"--ar_model_dir {ar.model_dir} holds a {ar.kind}, expected an "
+                     "ArSeq2SeqModel")
+
+
+# ---------------------------------------------------------------- service
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  max_texts: int = 16
+  max_chars: int = 2000
+  max_tokens: int = 64
+  max_body_bytes: int = 1 << 20
+  max_alpha: float = 4.0
+  max_alpha_values: int = 8
+  max_pending: int = 64
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      if not getattr(self, field.name) > 0:
+        raise ValueError(f"{field.name} must be > 0, got {getattr(self, field.name)}")
+
+
+def _type_name(value: Any) -> str:
+  if value is None:
+    return "null"
+  if isinstance(value, bool):
+    return "boolean"
+  if isinstance(value, (int, float)):
+    return "number"
+  return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+class GenerationService:
+  """Validates requests and runs the Generators (thread-safe).
+
+  Args:
+    nar: the NAG-BERT model (NagBertModel).
+    ar: the autoregressive baseline (ArSeq2SeqModel), or None.
+    limits: request limits.
+    length_buckets / batch_buckets: padding buckets (see decoding.Generator);
+      both are capped at the limits (max_tokens, max_texts).
+    methods: the methods to offer (default: every one the models support).
+    alpha: ratio-first alpha compiled at warm-up and shown on the page
+      (default: the model's RATIO_FIRST_ALPHA, else 0.6).
+  """
+
+  def __init__(self, nar: LoadedModel, ar: Optional[LoadedModel] = None, *,
+               limits: Limits = Limits(),
+               length_buckets: Sequence[int] = decoding.DEFAULT_LENGTH_BUCKETS,
+               batch_buckets: Sequence[int] = (1, 8),
+               methods: Optional[Sequence[str]] = None, alpha: Optional[float] = None):
+    _check_model_kinds(nar, ar)
+    self.nar, self.ar, self.limits = nar, ar, limits
+    for name, model in (("NAR", nar), ("AR", ar)):
+      if model is None:
+        continue
+      positions = model.model.module.config.max_position_embeddings
+      if limits.max_tokens > positions:
+        raise ValueError(f"max_tokens {limits.max_tokens} exceeds the {name} model's "
+                         f"max_position_embeddings {positions}")
+    self.unavailable: dict[str, str] = {}
+    if not _nar_has_crf(nar):
+      for m in ("viterbi", "ratio_first"):
+        self.unavailable[m] = (f"method '{m}' needs a CRF; the NAR model in {nar.model_dir} "
+                               "has none (USE_CRF = False)")
+    if ar is None:
+      self.unavailable[AR_METHOD] = (f"method '{AR_METHOD}' needs an autoregressive model: "
+                                     "start the server with --ar_model_dir")
+    if methods is not None:
+      for m in methods:
+        if m not in ALL_METHODS:
+          raise ValueError(f"unknown method {m!r}; known: {', '.join(ALL_METHODS)}")
+        if m in self.unavailable:
+          raise ValueError(self.unavailable[m])
+      for m in ALL_METHODS:
+        if m not in methods and m not in self.unavailable:
+          self.unavailable[m] = f"method '{m}' is disabled on this server (--methods)"
+    self.methods = tuple(m for m in ALL_METHODS if m not in self.unavailable)
+    if not self.methods:
+      raise ValueError("no method left to serve")
+
+    self.model_alpha = getattr(nar.model, "ratio_first_alpha", None)
+    default_alpha = alpha if alpha is not None else (self.model_alpha or 0.6)
+    self.default_alpha = self._check_alpha(default_alpha, "--alpha")
+
+    length_buckets = tuple(sorted(set(length_buckets)))
+    batch_buckets = tuple(b for b in sorted(set(batch_buckets)) if b < limits.max_texts)
+    self.batch_buckets = batch_buckets + (limits.max_texts,)
+    gen_kwargs = dict(max_length=limits.max_tokens, length_buckets=length_buckets,
+                      batch_buckets=self.batch_buckets)
+    self.nar_generator = decoding.Generator(nar.model, nar.params, **gen_kwargs)
+    self.ar_generator = (decoding.Generator(ar.model, ar.params, **gen_kwargs)
+                         if ar is not None else None)
+    self.length_buckets = self.nar_generator.length_buckets
+
+    self._model_lock = threading.Lock()
+    self._state_lock = threading.Lock()
+    self._pending = 0
+    self._alphas: set[float] = set()
+    self.warm = False
+
+  # -------------------------------------------------------------- helpers
+  def _check_alpha(self, alpha: Any, name: str = "alpha") -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+      raise RequestError(400, f"'{name}' must be a number, got {_type_name(alpha)}")
+    if not math.isfinite(alpha) or not 0 < alpha <= self.limits.max_alpha:
+      raise RequestError(400, f"'{name}' must be in (0, {self.limits.max_alpha}], got {alpha}")
+    rounded = round(float(alpha), 2)
+    if rounded <= 0:
+      raise RequestError(400, f"'{name}' must be at least 0.01 (it is rounded to 0.01), "
+                         f"got {alpha}")
+    return rounded
+
+  def _generator(self, method: str):
+    return self.ar_generator if method == AR_METHOD else self.nar_generator
+
+  def _decode_args(self, method: str, alpha: Optional[float]) -> dict[str, Any]:
+    if method == AR_METHOD:  # ArSeq2SeqModel: 'argmax' = greedy decoding
+      return {"method": "argmax", "alpha": None}
+    return {"method": method, "alpha": alpha if method == "ratio_first" else None}
+
+  def compiled_programs(self) -> Optional[int]:
+    """Number of compiled prediction programs (None if JAX does not say)."""
+    total = 0
+    for gen in (self.nar_generator, self.ar_generator):
+      if gen is None:
+        continue
+      size = getattr(gen._predict, "_cache_size", None)  # pylint: disable=protected-access
+      if size is None:
+        return None
+      total += size()
+    return total
+
+  def health(self) -> dict[str, Any]:
+    def describe(loaded: Optional[LoadedModel]):
+      if loaded is None:
+        return None
+      config = loaded.model.module.config
+      info = {"model_dir": loaded.model_dir, "class": loaded.kind,
+              "hidden_size": config.hidden_size, "num_layers": config.num_layers,
+              "vocab_size": config.vocab_size}
+      if hasattr(loaded.model.module, "use_crf"):
+        info["use_crf"] = _nar_has_crf(loaded)
+      if hasattr(loaded.model.module, "decoder_layers"):
+        info["decoder_layers"] = loaded.model.module.decoder_layers
+      return info
+
+    return {
+        "status": "ok" if self.warm else "warming_up",
+        "models": {"nar": describe(self.nar), "ar": describe(self.ar)},
+        "methods": list(self.methods),
+        "unavailable": self.unavailable,
+        "kinds": {m: ("AR" if m == AR_METHOD else "NAR") for m in ALL_METHODS},
+        "default_alpha": self.default_alpha,
+        "model_alpha": self.model_alpha,
+        "limits": dataclasses.asdict(self.limits),
+        "length_buckets": list(self.length_buckets),
+        "batch_buckets": list(self.batch_buckets),
+    }
+
+  # --------------------------------------------------------------- warm-up
+  def _warmup_text(self, vocab, tokens: int) -> str:
+    """A text of (close to) `tokens` tokens: repeated 'a'."""
+    k = tokens
+    while k > 1 and len(vocab.encode(" ".join(["a"] * k))) > tokens:
+      k -= 1
+    return " ".join(["a"] * k)
+
+  def warm_up(self, workers: int = 1) -> float:
+    """Compiles every (method, length bucket, batch bucket) program; seconds."""
+    jobs = []
+    for method in self.methods:
+      gen = self._generator(method)
+      for length in self.length_buckets:
+        text = self._warmup_text(gen.vocab, length)
+        for rows in self.batch_buckets:
+          jobs.append((method, gen, [text] * rows))
+    self._alphas.add(self.default_alpha)
+    t0 = time.perf_counter()
+
+    def run(job):
+      method, gen, texts = job
+      t = time.perf_counter()
+      gen.generate(texts, **self._decode_args(method, self.default_alpha))
+      logger.info("warm-up: %s, %d x %d tokens: %.1f s", method, len(texts),
+                  len(gen.vocab.encode(texts[0])), time.perf_counter() - t)
+
+    logger.info("warm-up: compiling %d programs with %d worker(s)", len(jobs), workers)
+    with self._model_lock:
+      if workers <= 1:
+        for job in jobs:
+          run(job)
+      else:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+          list(pool.map(run, jobs))
+    self.warm = True
+    elapsed = time.perf_counter() - t0
+    logger.info("warm-up done: %d programs in %.1f s", len(jobs), elapsed)
+    return elapsed
+
+  # ------------------------------------------------------------ validation
+  def parse_request(self, payload: Any) -> tuple[list[str], list[str], Optional[float]]:
+    """Validated (texts, methods, alpha) of a decoded JSON body, or RequestError."""
+    limits = self.limits
+    if not isinstance(payload, dict):
+      raise RequestError(400, "the request body must be a JSON object such as "
+                         '{"texts": ["..."], "methods": ["viterbi"]}, got '
+                         f"{_type_name(payload)}")
+    unknown = sorted(set(payload) - set(REQUEST_FIELDS))
+    if unknown:
+      raise RequestError(400, f"unknown field(s) {', '.join(repr(k) for k in unknown)}; "
+                         f"expected {', '.join(REQUEST_FIELDS)}")
+    if "texts" not in payload:
+      raise RequestError(400, "missing field 'texts' (a list of input strings)")
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+      raise RequestError(400, f"'texts' must be a list of strings, got {_type_name(texts)}")
+    if not texts:
+      raise RequestError(400, "'texts' is empty: give at least one input text")
+    if len(texts) > limits.max_texts:
+      raise RequestError(400, f"too many texts: {len(texts)}, the limit is "
+                         f"{limits.max_texts} per request")
+    for i, text in enumerate(texts):
+      if not isinstance(text, str):
+        raise RequestError(400, f"texts[{i}] must be a string, got {_type_name(text)}")
+      if not text.strip():
+        raise RequestError(400, f"texts[{i}] is empty or only whitespace")
+      if len(text) > limits.max_chars:
+        raise RequestError(400, f"texts[{i}] is {len(text)} characters long; the limit is "
+                           f"{limits.max_chars}")
+      try:
+        text.encode("utf-8")
+      except UnicodeEncodeError as e:
+        raise RequestError(400, f"texts[{i}] is not valid Unicode (unpaired surrogate "
+                           f"at position {e.start})") from None
+
+    methods = payload.get("methods")
+    if methods is None:
+      methods = list(self.methods)
+    if not isinstance(methods, list):
+      raise RequestError(400, f"'methods' must be a list of strings, got {_type_name(methods)}")
+    if not methods:
+      raise RequestError(400, f"'methods' is empty; available: {', '.join(self.methods)}")
+    seen = set()
+    for method in methods:
+      if not isinstance(method, str):
+        raise RequestError(400, f"'methods' must hold strings, got {_type_name(method)}")
+      if method not in ALL_METHODS:
+        raise RequestError(400, f"unknown method {method!r}; available: "
+                           f"{', '.join(self.methods)}")
+      if method in self.unavailable:
+        raise RequestError(400, self.unavailable[method])
+      if method in seen:
+        raise RequestError(400, f"method {method!r} is listed twice")
+      seen.add(method)
+
+    alpha = payload.get("alpha")
+    if alpha is not None:
+      alpha = self._check_alpha(alpha)
+    if "ratio_first" in methods:
+      if alpha is None:
+        alpha = self.model_alpha
+      if alpha is None:
+        raise RequestError(400, "method 'ratio_first' needs 'alpha' (the output/input length "
+                           f"ratio, e.g. {self.default_alpha})")
+    else:
+      alpha = None
+
+    # Token limits last: tokenising is the costliest check.
+    vocabs = {}
+    if any(m != AR_METHOD for m in methods):
+      vocabs["NAR"] = self.nar_generator.vocab
+    if AR_METHOD in methods:
+      vocabs.setdefault("AR", self.ar_generator.vocab)
+    for i, text in enumerate(texts):
+      for name, vocab in vocabs.items():
+        if name == "AR" and vocab is vocabs.get("NAR"):
+          continue
+        n = len(vocab.encode(text))
+        if n > limits.max_tokens:
+          raise RequestError(400, f"texts[{i}] is {n} tokens long; the limit is "
+                             f"{limits.max_tokens} tokens")
+    return texts, methods, alpha
+
+  def _admit_alpha(self, alpha: float) -> None:
+    with self._state_lock:
+      if alpha in self._alphas:
+        return
+      if len(self._alphas) >= self.limits.max_alpha_values:
+        known = ", ".join(str(a) for a in sorted(self._alphas))
+        raise RequestError(400, f"alpha {alpha} would compile a new program and this server "
+                           f"already compiled {len(self._alphas)} alpha values "
+                           f"(--max_alpha_values); use one of: {known}")
+      self._alphas.add(alpha)
+
+  # ------------------------------------------------------------ generation
+  def generate(self, payload: Any) -> dict[str, Any]:
+    """Validates a decoded JSON request and runs every method on all texts."""
+    t0 = time.perf_counter()
+    texts, methods, alpha = self.parse_request(payload)
+    if alpha is not None:
+      self._admit_alpha(alpha)
+    with self._state_lock:
+      if self._pending >= self.limits.max_pending:
+        raise RequestError(503, f"server busy: {self._pending} requests are waiting; "
+                           "retry later", {"Retry-After": "1"})
+      self._pending += 1
+    try:
+      results = []
+      for method in methods:
+        gen = self._generator(method)
+        with self._model_lock:
+          t = time.perf_counter()
+          outputs = gen.generate(texts, **self._decode_args(method, alpha))
+          latency = time.perf_counter() - t
+        result = {"method": method, "kind": "AR" if method == AR_METHOD else "NAR",
+                  "outputs": outputs, "latency_ms": round(latency * 1e3, 3)}
+        if method == "ratio_first":
+          result["alpha"] = alpha
+        results.append(result)
+    finally:
+      with self._state_lock:
+        self._pending -= 1
+    return {"results": results, "total_ms": round((time.perf_counter() - t0) * 1e3, 3)}
+
+
+# ------------------------------------------------------------------- HTTP
+def _static_files() -> dict[str, str]:
+  """URL path -> file for the page's own files (nothing else is served)."""
+  files = {}
+  if os.path.isdir(STATIC_DIR):
+    for name in sorted(os.listdir(STATIC_DIR)):
+      if os.path.splitext(name)[1] in STATIC_TYPES:
+        files[f"/static/{name}"] = os.path.join(STATIC_DIR, name)
+  if "/static/index.html" in files:
+    files["/"] = files["/static/index.html"]
+  return files
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  server_version = "narlm-serve/0.1"
+  protocol_version = "HTTP/1.1"
+  timeout = 30  # seconds a client may take to send its request
+  error_content_type = "application/json"
+
+  # Set on the subclass make_server creates.
+  service: GenerationService
+  static_files: Mapping[str, str] = {}
+
+  # -- responses
+  def _send(self, status: int, body: bytes, content_type: str,
+            headers: Optional[Mapping[str, str]] = None) -> None:
+    self.send_response(status)
+    self.send_header("Content-Type", content_type)
+    self.send_header("Content-Length", str(len(body)))
+    self.send_header("Cache-Control", "no-store")
+    self.send_header("X-Content-Type-Options", "nosniff")
+    for key, value in (headers or {}).items():
+      self.send_header(key, value)
+    if self.close_connection:
+      self.send_header("Connection", "close")
+    self.end_headers()
+    if self.command != "HEAD":
+      self.wfile.write(body)
+
+  def _send_json(self, status: int, obj: Any, headers: Optional[Mapping[str, str]] = None):
+    body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    self._send(status, body, "application/json; charset=utf-8", headers)
+
+  def send_error(self, code, message=None, explain=None):
+    """JSON for the errors http.server raises itself (bad request line, 414, 501...)."""
+    del explain
+    try:
+      phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+      phrase = "error"
+    self.close_connection = True
+    self.log_error("code %d, message %s", code, message)
+    self._send_json(code, {"error": message or phrase})
+
+  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    logger.info("%s %s", self.address_string(), format % args)
+
+  # -- request body
+  def _read_body(self) -> bytes:
+    if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+      self.close_connection = True
+      raise RequestError(411, "chunked request bodies are not supported: send Content-Length")
+    length = self.headers.get("Content-Length")
+    if length is None:
+      self.close_connection = True
+      raise RequestError(411, "missing Content-Length header")
+    if not length.strip().isdigit():
+      self.close_connection = True
+      raise RequestError(400, f"bad Content-Length header {length!r}")
+    length = int(length)
+    limit = self.service.limits.max_body_bytes
+    if length > limit:
+      self.close_connection = True
+      if length <= DRAIN_LIMIT:
+        remaining = length
+        while remaining > 0:
+          chunk = self.rfile.read(min(remaining, 1 << 16))
+          if not chunk:
+            break
+          remaining -= len(chunk)
+      raise RequestError(413, f"request body is {length} bytes; the limit is {limit}")
+    body = self.rfile.read(length)
+    if len(body) < length:
+      self.close_connection = True
+      raise RequestError(400, f"request body ended after {len(body)} of {length} bytes")
+    return body
+
+  @staticmethod
+  def _decode_json(body: bytes) -> Any:
+    try:
+      text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise RequestError(400, f"request body is not valid UTF-8 (byte 0x{body[e.start]:02x} "
+                         f"at offset {e.start})") from None
+    if not text.strip():
+      raise RequestError(400, 'empty request body: send a JSON object such as '
+                         '{"texts": ["..."]}')
+
+    def reject_constant(name):
+      raise ValueError(f"{name} is not valid JSON")
+
+    try:
+      return json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as e:
+      raise RequestError(400, f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+                         ) from None
+    except ValueError as e:
+      raise RequestError(400, f"malformed JSON: {e}") from None
+    except RecursionError:
+      raise RequestError(400, "malformed JSON: nested too deeply") from None
+
+  # -- routing
+  def _route(self, method: str):
+    path = urllib.parse.urlsplit(self.path).path
+    routes = {"/api/generate": ("POST",), "/api/health": ("GET",), "/favicon.ico": ("GET",)}
+    for static in self.static_files:
+      routes[static] = ("GET",)
+    if path not in routes:
+      raise RequestError(404, f"no such path: {path}")
+    if method not in routes[path] and not (method == "HEAD" and "GET" in routes[path]):
+      raise RequestError(405, f"{method} is not allowed on {path}; use "
+                         f"{' or '.join(routes[path])}", {"Allow": ", ".join(routes[path])})
+    return path
+
+  def _handle(self, method: str) -> None:
+    try:
+      path = self._route(method)
+      if path == "/api/generate":
+        if method == "POST":  # the body of other methods was never read
+          payload = self._decode_json(self._read_body())
+          self._send_json(200, self.service.generate(payload))
+      elif path == "/api/health":
+        self._send_json(200, self.service.health())
+      elif path == "/favicon.ico":
+        self._send(204, b"", "text/plain")
+      else:
+        file = self.static_files[path]
+        with open(file, "rb") as f:
+          body = f.read()
+        headers = {"Content-Security-Policy": PAGE_CSP} if file.endswith(".html") else {}
+        self._send(200, body, STATIC_TYPES[os.path.splitext(file)[1]], headers)
+    except RequestError as e:
+      if method not in ("GET", "HEAD") and e.status in (404, 405):
+        self.close_connection = True  # a body may follow that we did not read
+      self._send_json(e.status, {"error": e.message}, e.headers)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+      self.close_connection = True
+    except Exception:  # pylint: disable=broad-except
+      logger.exception("internal error on %s %s", method, self.path)
+      self.close_connection = True
+      try:
+        self._send_json(500, {"error": "internal error (logged by the server)"})
+      except OSError:
+        pass
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    self._handle("GET")
+
+  def do_HEAD(self):  # pylint: disable=invalid-name
+    self._handle("HEAD")
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    self._handle("POST")
+
+  def do_PUT(self):  # pylint: disable=invalid-name
+    self._handle("PUT")
+
+  def do_DELETE(self):  # pylint: disable=invalid-name
+    self._handle("DELETE")
+
+  def do_PATCH(self):  # pylint: disable=invalid-name
+    self._handle("PATCH")
+
+  def do_OPTIONS(self):  # pylint: disable=invalid-name
+    self._handle("OPTIONS")
+
+
+class Server(http.server.ThreadingHTTPServer):
+  daemon_threads = True
+  # Port reuse: a restarted server does not wait for TIME_WAIT sockets.
+  allow_reuse_address = True
+
+  @property
+  def url(self) -> str:
+    host, port = self.server_address[:2]
+    return f"http://{host}:{port}"
+
+
+def make_server(service: GenerationService, host: str = "127.0.0.1", port: int = 8080) -> Server:
+  """An HTTP server for `service` (call serve_forever; port 0 = any free port)."""
+  handler = type("Handler", (_Handler,), {"service": service, "static_files": _static_files()})
+  if "/" not in handler.static_files:
+    raise FileNotFoundError(f"the demo page {os.path.join(STATIC_DIR, 'index.html')} is missing")
+  return Server((host, port), handler)
+
+
+# -------------------------------------------------------------------- CLI
+def _int_list(text: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+  if not values or any(v < 1 for v in values):
+    raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+  return values
+
+
+def _method_list(text: str) -> tuple[str, ...]:
+  values = tuple(v.strip() for v in text.split(",") if v.strip())
+  for v in values:
+    if v not in ALL_METHODS:
+      raise argparse.ArgumentTypeError(f"unknown method {v!r}; known: {', '.join(ALL_METHODS)}")
+  return values
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m narlm.serve", description=__doc__.split("\n")[0])
+  p.add_argument("--model_dir", required=True,
+                 help="NAG-BERT training run (config.gin + checkpoints/)")
+  p.add_argument("--ar_model_dir", default=None, help="autoregressive baseline run (optional)")
+  p.add_argument("--host", default="127.0.0.1",
+                 help="address to bind (default 127.0.0.1; there is no authentication)")
+  p.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
+  p.add_argument("--methods", type=_method_list, default=None,
+                 help=f"comma-separated methods to offer (default: all of {','.join(ALL_METHODS)} "
+                 "the models support)")
+  p.add_argument("--alpha", type=float, default=None,
+                 help="ratio-first alpha compiled at start-up and pre-filled on the page "
+                 "(default: the model's RATIO_FIRST_ALPHA, else 0.6)")
+  p.add_argument("--max_texts", type=int, default=16, help="texts per request")
+  p.add_argument("--max_chars", type=int, default=2000, help="characters per text")
+  p.add_argument("--max_tokens", type=int, default=None,
+                 help="tokens per text (default: the run's TASK_FEATURE_LENGTHS['inputs'], "
+                 "else 128)")
+  p.add_argument("--max_body_bytes", type=int, default=1 << 20, help="request body size")
+  p.add_argument("--max_alpha", type=float, default=4.0, help="largest accepted alpha")
+  p.add_argument("--max_alpha_values", type=int, default=8,
+                 help="distinct ratio-first alphas to compile at most")
+  p.add_argument("--max_pending", type=int, default=64,
+                 help="requests waiting for the model before the server answers 503")
+  p.add_argument("--length_buckets", type=_int_list,
+                 default=decoding.DEFAULT_LENGTH_BUCKETS,
+                 help="comma-separated token-length buckets (capped at max_tokens)")
+  p.add_argument("--batch_buckets", type=_int_list, default=(1, 8),
+                 help="comma-separated batch buckets (capped at max_texts)")
+  p.add_argument("--warmup_workers", type=int, default=min(2, os.cpu_count() or 1),
+                 help="threads compiling the warm-up programs")
+  p.add_argument("--no_warmup", action="store_true",
+                 help="skip the warm-up (the first request of each shape compiles)")
+  return p.parse_args(list(argv))
+
+
+def build_service(args: argparse.Namespace) -> GenerationService:
+  """Loads the models named by `args` and builds (and warms up) the service."""
+  nar = load_model(args.model_dir)
+  ar = load_model(args.ar_model_dir) if args.ar_model_dir else None
+  max_tokens = args.max_tokens
+  if max_tokens is None:
+    max_tokens = nar.input_length or 128
+  limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_tokens=max_tokens,
+                  max_body_bytes=args.max_body_bytes, max_alpha=args.max_alpha,
+                  max_alpha_values=args.max_alpha_values, max_pending=args.max_pending)
+  try:
+    service = GenerationService(nar, ar, limits=limits, length_buckets=args.length_buckets,
+                                batch_buckets=args.batch_buckets, methods=args.methods,
+                                alpha=args.alpha)
+  except RequestError as e:  # a bad --alpha
+    raise ValueError(e.message) from None
+  if not args.no_warmup:
+    service.warm_up(max(1, args.warmup_workers))
+  else:
+    service.warm = True
+  return service
+
+
+def main(argv: Sequence[str]) -> None:
+  args = parse_args(argv)
+  service = build_service(args)
+  server = make_server(service, args.host, args.port)
+  if args.host not in ("127.0.0.1", "localhost", "::1"):
+    logger.warning("listening on %s: the API has no authentication", args.host)
+
+  def on_sigterm(signum, frame):  # pylint: disable=unused-argument
+    raise KeyboardInterrupt
+
+  signal.signal(signal.SIGTERM, on_sigterm)
+  # Tests and scripts read this line to find the port.
+  print(f"narlm.serve listening on {server.url}", flush=True)
+  logger.info("methods: %s; limits: %s", ", ".join(service.methods), service.limits)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    logger.info("shutting down")
+  finally:
+    server.server_close()
+
+
+def console_main() -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  try:
+    main(sys.argv[1:])
+  except (ValueError, FileNotFoundError, OSError) as e:
+    logger.error("%s", e)
+    logger.debug("traceback", exc_info=True)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  console_main()

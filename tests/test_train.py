@@ -1,0 +1,184 @@
+"""narlm's trainer: gin files, resume, sharding, bad input."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from train_utils import FAST, REPO, logged_losses, run_in_process, run_subprocess
+
+GIN_DIR = REPO / "narlm" / "gin"
+# narlm-trainer experiments small enough to run a step of on CPU as shipped.
+CPU_EXPERIMENTS = ["quickstart_cpu.gin", "pretrain_cpu.gin", "finetune_sentcomp_minilm_cpu.gin"]
+# Full-size experiments: real model size, data swapped for the local stand-ins.
+FULL_EXPERIMENTS = {
+    "pretrain_base.gin": "narlm_wiki_books_local",
+    "finetune_sentcomp_base.gin": "sentcomp_bert",
+    "finetune_gigaword_base.gin": "sentcomp_bert",
+    "finetune_iwslt14_base.gin": "iwslt14_de_en_bert",
+}
+
+
+def test_every_experiment_gin_is_tested():
+  shipped = {p.name for p in GIN_DIR.glob("*.gin")}
+  assert shipped == set(CPU_EXPERIMENTS) | set(FULL_EXPERIMENTS), shipped
+
+
+@pytest.mark.parametrize("gin_file", CPU_EXPERIMENTS)
+def test_cpu_experiment_runs_one_step(tmp_path, gin_file):
+  metrics = run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *FAST,
+                           gin_file=f"narlm/gin/{gin_file}")
+  assert np.isfinite(metrics["train/loss"])
+  assert (tmp_path / "run" / "config.gin").read_text().count("TRAIN_STEPS = 1") == 1
+  assert (tmp_path / "run" / "checkpoints" / "1").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gin_file,task", sorted(FULL_EXPERIMENTS.items()))
+def test_full_size_experiment_runs_one_step(tmp_path, gin_file, task):
+  metrics = run_in_process(
+      tmp_path / "run", "--gin.TRAIN_STEPS=1", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
+      "--gin.INITIAL_CHECKPOINT=None", *FAST, "--gin.BATCH_SIZE=2",
+      gin_file=f"narlm/gin/{gin_file}")
+  assert np.isfinite(metrics["train/loss"])
+
+
+def test_model_gins_build(tmp_path):
+  """Every model gin parses and builds; parameter counts are as documented."""
+  import gin
+  import jax
+  from narlm import train
+  counts = {}
+  for path in sorted((GIN_DIR / "models").glob("*.gin")):
+    gin.clear_config()
+    try:
+      train.parse_gin([str(path)], ["OPTIMIZER = None"])
+      model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+      shapes = jax.eval_shape(
+          lambda r: model.get_initial_variables(r, {"encoder_input_tokens": (1, 8)}),
+          jax.random.PRNGKey(0))
+      counts[path.stem] = sum(int(np.prod(x.shape))
+                              for x in jax.tree_util.tree_leaves(shapes["params"]))
+    finally:
+      gin.clear_config()
+  assert set(counts) >= {"tiny", "small", "base", "large", "minilm_l6", "ar_tiny", "ar_base"}
+  # BERT-base / -large encoders are ~110M / ~335M parameters (+ head and CRF).
+  assert 105e6 < counts["base"] < 125e6, counts["base"]
+  assert 330e6 < counts["large"] < 360e6, counts["large"]
+  assert counts["tiny"] < counts["small"] < counts["base"] < counts["large"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_identical_loss_curve(tmp_path):
+  common = ["--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=3", *FAST,
+            "--gin.DROPOUT_RATE=0.1"]
+  run_in_process(tmp_path / "straight", *common)
+  run_in_process(tmp_path / "resumed", *common, "--gin.train_lib.train.stop_after_steps=3")
+  assert sorted(logged_losses(tmp_path / "resumed")) == [1, 2, 3]
+  run_in_process(tmp_path / "resumed", *common)
+  straight, resumed = logged_losses(tmp_path / "straight"), logged_losses(tmp_path / "resumed")
+  assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4, 5, 6]
+  np.testing.assert_allclose([resumed[s] for s in range(1, 7)],
+                             [straight[s] for s in range(1, 7)], rtol=1e-6)
+  assert len(set(straight.values())) > 1  # the loss moves, so the check has teeth
+
+
+@pytest.mark.slow
+def test_grad_accumulation_matches_full_batch(tmp_path):
+  run_in_process(tmp_path / "full", "--gin.TRAIN_STEPS=2", *FAST, "--gin.DROPOUT_RATE=0.0")
+  run_in_process(tmp_path / "accum", "--gin.TRAIN_STEPS=2", *FAST, "--gin.DROPOUT_RATE=0.0",
+                 "--gin.GRAD_ACCUM_STEPS=2")
+  full, accum = logged_losses(tmp_path / "full"), logged_losses(tmp_path / "accum")
+  np.testing.assert_allclose([accum[1], accum[2]], [full[1], full[2]], rtol=2e-4)
+
+
+SHARDING_SCRIPT = r"""
+import json, sys
+import jax
+from jax.sharding import PartitionSpec as P
+import gin
+from narlm import train
+sys.argv = sys.argv[:1]
+gin.clear_config()
+train.parse_gin(["narlm/gin/quickstart_cpu.gin"], ["MODEL_DIR='/unused'", "NUM_MODEL_PARTITIONS=2"])
+model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+trainer = train.Trainer(model, num_model_partitions=2)
+state = trainer.init_state((8, 32))
+def spec(x): return [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
+p = state["params"]
+out = {
+  "devices": jax.device_count(),
+  "mesh": dict(trainer.mesh.shape),
+  "word_embeddings": spec(p["bert"]["encoder"]["embeddings"]["word_embeddings"]["embedding"]),
+  "mlp_wi": spec(p["bert"]["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]),
+  "mlp_wo": spec(p["bert"]["encoder"]["layers_0"]["mlp"]["wo"]["kernel"]),
+  "query": spec(p["bert"]["encoder"]["layers_0"]["attention"]["query"]["kernel"]),
+  "crf_e1": spec(p["crf"]["E1"]),
+  "ln_scale": spec(p["bert"]["encoder"]["embeddings"]["layer_norm"]["scale"]),
+  "adam_mu_wi_shards": len(jax.tree_util.tree_leaves(state["opt_state"])[1].addressable_shards),
+}
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_eight_fake_devices_shard_by_rules_and_match_one_device(tmp_path):
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+             XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert result["devices"] == 8 and result["mesh"] == {"data": 4, "model": 2}
+  assert result["word_embeddings"] == ["model", None]      # ('vocab', 'embed')
+  assert result["mlp_wi"] == [None, "model"]               # ('embed', 'mlp')
+  assert result["mlp_wo"] == ["model", None]               # ('mlp', 'embed')
+  assert result["query"] == [None, "model"]                # ('embed', 'joined_kv')
+  assert result["crf_e1"] == ["model", None]               # ('vocab', 'crf_rank')
+  assert result["ln_scale"] in ([], [None])                # replicated
+  # Same 3-step loss on 8 devices (data 4 x model 2) as on 1 device.
+  args = ["--gin.TRAIN_STEPS=3", *FAST, "--gin.DROPOUT_RATE=0.0"]
+  run_subprocess(tmp_path / "one", *args, devices=1)
+  run_subprocess(tmp_path / "eight", *args, "--gin.NUM_MODEL_PARTITIONS=2", devices=8)
+  one, eight = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "eight")
+  np.testing.assert_allclose([eight[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)],
+                             rtol=1e-4)
+
+
+# ------------------------------------------------------------------ bad input
+def test_unknown_task_names_close_matches(tmp_path):
+  with pytest.raises(ValueError, match="sentcomp_bert"):
+    run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *FAST,
+                   "--gin.MIXTURE_OR_TASK_NAME='sentcomp_bertt'")
+
+
+def test_malformed_and_missing_gin_files(tmp_path):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("include 'narlm/gin/quickstart_cpu.gin'\nTRAIN_STEPS = = 3\n")
+  with pytest.raises(ValueError, match="could not parse gin config"):
+    run_in_process(tmp_path / "run", gin_file=str(bad))
+  with pytest.raises(FileNotFoundError, match="gin file not found: nope.gin"):
+    run_in_process(tmp_path / "run", gin_file="nope.gin")
+  from narlm import train
+  with pytest.raises(ValueError, match="unknown argument '--bogus'"):
+    train.split_gin_args(["--gin_file=x.gin", "--bogus"])
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path):
+  from narlm import train
+  with pytest.raises(train.TrainingError, match="non-finite loss .* at step (\\d+)") as info:
+    run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=50", *FAST, "--gin.CHECKPOINT_PERIOD=1",
+                   "--gin.OPTIMIZER_NAME='sgd'", "--gin.LEARNING_RATE=1e30",
+                   "--gin.CLIP_GRADIENT_NORM=None", "--gin.WARMUP_STEPS=0")
+  import re
+  bad_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
+  steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps and max(steps) == bad_step - 1
+  params = train.restore_params(str(tmp_path / "run"))
+  import jax
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
