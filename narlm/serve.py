@@ -174,12 +174,13 @@ def _check_model_kinds(nar: LoadedModel, ar: Optional[LoadedModel]) -> None:
   from narlm import ar_models  # pylint: disable=g-import-not-at-top
   from narlm import models  # pylint: disable=g-import-not-at-top
   if not isinstance(nar.model, models.NagBertModel):
-    raise ValueError(f"--model_dir {nar.model_dir} holds a {nar.kind}, expected a NagBertModel"
-                     + (" (pass an AR run as --ar_model_dir)"
-                        if isinstance(nar.model, ar_models.ArSeq2SeqModel) else ""))
+    hint = (" (pass an AR run as --ar_model_dir)"
+            if isinstance(nar.model, ar_models.ArSeq2SeqModel) else "")
+    raise ValueError(f"--model_dir {nar.model_dir} holds a model of class "
+                     f"{nar.kind}; expected NagBertModel{hint}")
   if ar is not None and not isinstance(ar.model, ar_models.ArSeq2SeqModel):
-    raise ValueError(f"--ar_model_dir {ar.model_dir} holds a {ar.kind}, expected an "
-                     "ArSeq2SeqModel")
+    raise ValueError(f"--ar_model_dir {ar.model_dir} holds a model of class "
+                     f"{ar.kind}; expected ArSeq2SeqModel")
 
 
 # ---------------------------------------------------------------- service
@@ -748,8 +749,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="comma-separated token-length buckets (capped at max_tokens)")
   p.add_argument("--batch_buckets", type=_int_list, default=(1, 8),
                  help="comma-separated batch buckets (capped at max_texts)")
-  p.add_argument("--warmup_workers", type=int, default=min(2, os.cpu_count() or 1),
-                 help="threads compiling the warm-up programs")
+  p.add_argument("--warmup_workers", type=int, default=1,
+                 help="threads compiling the warm-up programs (on 2 cores, 2 threads were "
+                 "no faster than 1)")
   p.add_argument("--no_warmup", action="store_true",
                  help="skip the warm-up (the first request of each shape compiles)")
   return p.parse_args(list(argv))
@@ -802,6 +804,8 @@ def main(argv: Sequence[str]) -> None:
 
 def console_main() -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  # orbax logs every restore step at INFO through absl.
+  logging.getLogger("absl").setLevel(logging.WARNING)
   try:
     main(sys.argv[1:])
   except (ValueError, FileNotFoundError, OSError) as e:

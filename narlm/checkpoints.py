@@ -1,0 +1,351 @@
+"""Checkpoint validation for narlm's orbax checkpoints.
+
+Layout (written by `narlm.train` through an orbax CheckpointManager):
+
+  MODEL_DIR/checkpoints/<step>/                    a committed checkpoint
+      _CHECKPOINT_METADATA                         orbax's step metadata (JSON)
+      commit_success.txt
+      default/                                     the train state item
+          _METADATA                                tree metadata (JSON)
+          manifest.ocdbt, d/...                    OCDBT database (merged)
+          ocdbt.process_<i>/...                    per-process OCDBT data
+  MODEL_DIR/checkpoints/<step>.orbax-checkpoint-tmp/   an interrupted write
+
+What can go wrong, and what this module does about it:
+
+* A save interrupted by preemption, SIGKILL or a crash leaves a
+  `<step>.orbax-checkpoint-tmp` directory. Orbax commits by renaming it to
+  `<step>` once every process has written its part, so such a directory is
+  never listed as a step, never restored, and is removed when that step is
+  saved again. `uncommitted()` lists them; `restore()` logs a warning naming
+  each. Nothing else is needed.
+* A *committed* checkpoint whose files were later truncated, emptied or
+  deleted (disk full on a copy, a bad sync, manual editing) cannot come from an
+  interrupted save, so it means the storage was damaged. `check_step()` finds
+  structural damage (missing/empty/unparsable metadata, missing OCDBT
+  manifest, empty data files) without reading the arrays; damage inside the
+  array data (e.g. a truncated data file) shows when the arrays are read, and
+  `restore()` / `read_arrays()` turn the low-level tensorstore error into a
+  `CorruptCheckpointError` naming the step, the path and the damaged array.
+
+Policy (chosen for the trainer): a damaged latest checkpoint FAILS with a clear
+message; it is not silently skipped. Resuming from an older step would quietly
+throw away training and hide a storage fault, and in a multi-host job every
+process must agree on the step. The message says how to resume from the
+previous checkpoint on purpose: move the damaged step aside with
+`quarantine()` (or `mv <step> <step>.corrupt`), which orbax then ignores.
+Tools that prefer falling back (evaluation, export) can call
+`latest_valid_step(..., on_corrupt="fallback")`, which logs a warning naming
+each skipped step and returns the newest valid one.
+
+Not detected: silent bit flips inside array data (OCDBT stores no checksums
+of the values); that would need a checksum manifest written after commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from typing import Any, Optional, Sequence
+
+from etils import epath
+
+TMP_MARKER = ".orbax-checkpoint-tmp"
+DEFAULT_ITEM = "default"
+_STEP_RE = re.compile(r"^\d+$")
+# Error texts of tensorstore / the file system that mean damaged files (not a
+# config mismatch between the checkpoint and the model being restored).
+_DAMAGE_RE = re.compile(r"OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|Error reading|Error opening|"
+                        r"No such file|corrupt|truncat|Unexpected end|invalid.*manifest",
+                        re.IGNORECASE)
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used; the message says which, where and why."""
+
+  def __init__(self, message: str, *, step: Optional[int] = None, path: Any = None,
+               problems: Sequence[str] = ()):
+    super().__init__(message)
+    self.step = step
+    self.path = str(path) if path is not None else None
+    self.problems = list(problems)
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A committed checkpoint whose files are damaged or missing."""
+
+
+# ------------------------------------------------------------------- listing
+def checkpoint_root(model_dir: str) -> epath.Path:
+  """MODEL_DIR/checkpoints (local paths made absolute), as narlm.train uses."""
+  path = epath.Path(model_dir) / "checkpoints"
+  return path if "://" in str(model_dir) else epath.Path(os.path.abspath(path))
+
+
+def _root(root_or_model_dir) -> epath.Path:
+  """Accepts the checkpoints directory itself or the model dir above it."""
+  path = epath.Path(root_or_model_dir)
+  if path.name != "checkpoints" and (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  return path
+
+
+def committed_steps(root) -> list[int]:
+  """Steps orbax considers committed: directories named by a bare integer."""
+  root = _root(root)
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if _STEP_RE.match(p.name) and p.is_dir())
+
+
+def uncommitted(root) -> list[tuple[Optional[int], epath.Path]]:
+  """(step, path) of interrupted writes (`<step>.orbax-checkpoint-tmp...`)."""
+  root = _root(root)
+  if not root.is_dir():
+    return []
+  out = []
+  for p in root.iterdir():
+    if TMP_MARKER in p.name:
+      head = p.name.split(TMP_MARKER, 1)[0]
+      out.append((int(head) if _STEP_RE.match(head) else None, p))
+  return sorted(out, key=lambda sp: (sp[0] is None, sp[0] or 0, str(sp[1])))
+
+
+def step_path(root, step: int) -> epath.Path:
+  return _root(root) / str(step)
+
+
+# ---------------------------------------------------------------- validation
+def _size(path: epath.Path) -> int:
+  return int(path.stat().length)
+
+
+def _read_json(path: epath.Path, problems: list[str], what: str) -> Optional[dict]:
+  if not path.exists():
+    problems.append(f"{what} {path} is missing")
+    return None
+  if _size(path) == 0:
+    problems.append(f"{what} {path} is empty (0 bytes)")
+    return None
+  try:
+    value = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    problems.append(f"{what} {path} is not valid JSON (truncated?): {e}")
+    return None
+  if not isinstance(value, dict):
+    problems.append(f"{what} {path} is not a JSON object")
+    return None
+  return value
+
+
+def _item_names(step_dir: epath.Path) -> list[str]:
+  meta_path = step_dir / "_CHECKPOINT_METADATA"
+  names: list[str] = []
+  if meta_path.exists():
+    try:
+      names = sorted(json.loads(meta_path.read_text()).get("item_handlers") or {})
+    except (ValueError, UnicodeDecodeError, AttributeError):
+      names = []
+  if not names:  # fall back to the directories that look like items
+    names = sorted(p.name for p in step_dir.iterdir()
+                   if p.is_dir() and TMP_MARKER not in p.name and (p / "_METADATA").exists())
+  return names
+
+
+def _data_files(directory: epath.Path):
+  if directory.is_dir():
+    for p in directory.iterdir():
+      if not p.is_dir():
+        yield p
+
+
+def check_item(item_dir: epath.Path) -> list[str]:
+  """Structural problems of one orbax PyTree item directory (no array reads)."""
+  problems: list[str] = []
+  if not item_dir.is_dir():
+    return [f"item directory {item_dir} is missing"]
+  meta = _read_json(item_dir / "_METADATA", problems, "tree metadata")
+  if meta is not None and "tree_metadata" not in meta:
+    problems.append(f"tree metadata {item_dir / '_METADATA'} has no 'tree_metadata' entry")
+  process_dirs = [p for p in item_dir.iterdir() if p.is_dir() and p.name.startswith("ocdbt.process_")]
+  is_ocdbt = (item_dir / "manifest.ocdbt").exists() or bool(process_dirs)
+  if is_ocdbt:
+    manifest = item_dir / "manifest.ocdbt"
+    if not manifest.exists():
+      problems.append(f"OCDBT manifest {manifest} is missing")
+    elif _size(manifest) == 0:
+      problems.append(f"OCDBT manifest {manifest} is empty (0 bytes)")
+    if not (item_dir / "d").is_dir() or not any(True for _ in _data_files(item_dir / "d")):
+      problems.append(f"OCDBT data directory {item_dir / 'd'} is missing or empty")
+    empty = [f for directory in [item_dir / "d"] + [p / "d" for p in process_dirs]
+             for f in _data_files(directory) if _size(f) == 0]
+    problems.extend(f"data file {f} is empty (0 bytes)" for f in empty[:5])
+    if len(empty) > 5:
+      problems.append(f"... and {len(empty) - 5} more empty data files under {item_dir}")
+  return problems
+
+
+def check_step(root, step: int) -> list[str]:
+  """Structural problems of committed checkpoint `step` (empty list = looks
+  complete). Cheap: reads only the small metadata files, not the arrays."""
+  step_dir = step_path(root, step)
+  if not step_dir.is_dir():
+    return [f"checkpoint directory {step_dir} is missing"]
+  problems: list[str] = []
+  items = _item_names(step_dir)
+  if not items:
+    problems.append(f"{step_dir} holds no checkpoint item (no */_METADATA)")
+  for name in items:
+    problems.extend(check_item(step_dir / name))
+  if not problems:
+    for name in ("_CHECKPOINT_METADATA", "commit_success.txt"):
+      if not (step_dir / name).exists():  # written by current orbax; not needed to restore
+        logging.warning("checkpoint step %d at %s has no %s (written by an older orbax, or "
+                        "removed)", step, step_dir, name)
+  return problems
+
+
+def _previous(root, step: int) -> Optional[int]:
+  older = [s for s in committed_steps(root) if s < step]
+  return older[-1] if older else None
+
+
+def corrupt_message(root, step: int, problems: Sequence[str], *,
+                    cause: Optional[BaseException] = None) -> str:
+  """The error text: what is wrong with which step, and how to go on."""
+  path = step_path(root, step)
+  lines = [f"checkpoint step {step} at {path} is damaged and cannot be restored:"]
+  lines += [f"  - {p}" for p in problems]
+  if cause is not None:
+    lines.append(f"  - reading it failed: {type(cause).__name__}: {str(cause)[:1000]}")
+  lines.append("Orbax commits a checkpoint only once it is complete, so this is damage after "
+               "the fact (storage, copy, manual edit), not an interrupted save; training does "
+               "not silently fall back.")
+  previous = _previous(root, step)
+  if previous is not None:
+    lines.append(f"To resume from the previous checkpoint (step {previous}), move this one "
+                 f"aside: mv {path} {path}.corrupt  (or narlm.checkpoints.quarantine(root, "
+                 f"{step})), then restart.")
+  else:
+    lines.append(f"There is no older checkpoint: move {path} aside to start from scratch.")
+  return "\n".join(lines)
+
+
+def read_arrays(root, step: int, item: str = DEFAULT_ITEM) -> dict[str, Any]:
+  """Every array of `item` in checkpoint `step`, as host numpy arrays keyed by
+  their tree path (e.g. "['params']['crf']['E1']"). Reads all the data, so it
+  finds truncated/damaged data files; raises CorruptCheckpointError."""
+  root = _root(root)
+  _raise_if_damaged(root, step)
+  return _read_arrays(root, step, item)
+
+
+def _raise_if_damaged(root: epath.Path, step: int) -> None:
+  problems = check_step(root, step)
+  if problems:
+    raise CorruptCheckpointError(corrupt_message(root, step, problems), step=step,
+                                 path=step_path(root, step), problems=problems)
+
+
+def _read_arrays(root: epath.Path, step: int, item: str) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = step_path(root, step) / item
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      metadata = checkpointer.metadata(path)
+      tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+      if tree is None:
+        raise ValueError(f"no tree metadata could be read from {path}")
+      restore_args = jax.tree_util.tree_map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          restore_args=restore_args))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
+                                 path=step_path(root, step)) from e
+  return {jax.tree_util.keystr(p): v
+          for p, v in jax.tree_util.tree_leaves_with_path(restored) if v is not None}
+
+
+def verify_step(root, step: int, *, read_data: bool = True) -> None:
+  """Raises CorruptCheckpointError unless checkpoint `step` is intact
+  (structure always; every array too when `read_data`)."""
+  root = _root(root)
+  _raise_if_damaged(root, step)
+  if read_data:
+    for item in _item_names(step_path(root, step)):
+      _read_arrays(root, step, item)
+
+
+def latest_valid_step(root, *, on_corrupt: str = "raise", read_data: bool = False
+                      ) -> Optional[int]:
+  """The newest committed step that passes `verify_step`, or None.
+
+  on_corrupt: "raise" (CorruptCheckpointError on a damaged latest step) or
+  "fallback" (warn naming the damaged step and try the previous one).
+  Interrupted writes (tmp directories) are never candidates; each is logged.
+  """
+  if on_corrupt not in ("raise", "fallback"):
+    raise ValueError(f"on_corrupt must be 'raise' or 'fallback', got {on_corrupt!r}")
+  root = _root(root)
+  warn_uncommitted(root)
+  for step in reversed(committed_steps(root)):
+    try:
+      verify_step(root, step, read_data=read_data)
+      return step
+    except CorruptCheckpointError as e:
+      if on_corrupt == "raise":
+        raise
+      logging.warning("skipping damaged checkpoint: %s", e)
+  return None
+
+
+def warn_uncommitted(root) -> list[tuple[Optional[int], epath.Path]]:
+  found = uncommitted(root)
+  for step, path in found:
+    logging.warning("ignoring the incomplete checkpoint write %s (the save of step %s was "
+                    "interrupted before orbax committed it; it is never restored and is "
+                    "replaced when that step is saved again)", path, step)
+  return found
+
+
+def quarantine(root, step: int) -> epath.Path:
+  """Renames checkpoint `step` to `<step>.corrupt-<unix time>`, which orbax
+  ignores, so training resumes from the previous step. Call it from ONE process
+  (or by hand) while no trainer runs."""
+  src = step_path(root, step)
+  if not src.is_dir():
+    raise FileNotFoundError(f"no checkpoint directory {src}")
+  dst = src.parent / f"{step}.corrupt-{int(time.time())}"
+  src.rename(dst)
+  logging.warning("moved checkpoint step %d aside: %s -> %s", step, src, dst)
+  return dst
+
+
+# ------------------------------------------------------------------- restore
+def restore(manager, step: int, target: Any) -> Any:
+  """`manager.restore(step)` into `target` (ShapeDtypeStructs with shardings)
+  with validation: warns about interrupted writes, checks the step's
+  structure first, and turns a failing read into a CheckpointError naming the
+  step and its path. Every process calls it (collective restore)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  root = epath.Path(manager.directory)
+  warn_uncommitted(root)
+  path = step_path(root, step)
+  _raise_if_damaged(root, step)
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+  except Exception as e:  # pylint: disable=broad-except
+    if _DAMAGE_RE.search(f"{type(e).__name__}: {e}"):
+      raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
+                                   path=path) from e
+    raise CheckpointError(
+        f"checkpoint step {step} at {path} could not be restored into the current model: "
+        f"{type(e).__name__}: {str(e)[:1000]}\nIf the model, optimizer or mesh config changed "
+        f"since it was written, resume with the original config or use a new MODEL_DIR.",
+        step=step, path=path) from e
