@@ -122,6 +122,7 @@ class Generator:
     self.model = model
     self.params = params
     self.vocab = model.input_vocabulary
+    self.output_vocab = model.output_vocabulary
     self.max_length = max_length
     self.length_buckets = tuple(b for b in length_buckets if b < max_length) + (max_length,)
     self.batch_buckets = tuple(batch_buckets)
@@ -151,7 +152,7 @@ class Generator:
   def generate(self, texts: Sequence[str], method: str = "viterbi",
                alpha: Optional[float] = None) -> list[str]:
     """Generate one output string per input text."""
-    return [self.vocab.decode(ids) for ids in self.generate_ids(texts, method, alpha)]
+    return [self.output_vocab.decode(ids) for ids in self.generate_ids(texts, method, alpha)]
 
   def generate_ids(self, texts: Sequence[str], method: str = "viterbi",
                    alpha: Optional[float] = None) -> list[list[int]]:

@@ -20,7 +20,8 @@ status naming the problem; never a traceback):
      "ar_greedy"], "alpha": 0.6}
     -> {"results": [{"method": "viterbi", "kind": "NAR", "outputs": ["..."],
         "latency_ms": 12.3}, ...], "total_ms": 40.1}
-    `methods` defaults to every method this server offers. `alpha` (the
+    `methods` defaults to every method this server offers (ratio_first only
+    when there is an alpha). `alpha` (the
     ratio-first output/input length ratio) is needed for ratio_first unless
     the model's config binds RATIO_FIRST_ALPHA; it is rounded to 0.01.
     `latency_ms` is the warm wall time of one batched call for all texts
@@ -416,7 +417,9 @@ class GenerationService:
 
     methods = payload.get("methods")
     if methods is None:
-      methods = list(self.methods)
+      # Every method; ratio_first only when there is an alpha for it.
+      methods = [m for m in self.methods if m != "ratio_first" or
+                 payload.get("alpha") is not None or self.model_alpha is not None]
     if not isinstance(methods, list):
       raise RequestError(400, f"'methods' must be a list of strings, got {_type_name(methods)}")
     if not methods:

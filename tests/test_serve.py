@@ -188,6 +188,10 @@ def test_generate_every_method_side_by_side(url, service):
 
 
 def test_methods_default_to_all_and_ratio_first_is_bounded_by_alpha(url):
+  status, _, body = generate(url, {"texts": TEXTS[1:]})
+  assert status == 200, body
+  # Without an alpha (the model's config binds none), ratio_first is left out.
+  assert [r["method"] for r in body["results"]] == ["argmax", "viterbi", "ar_greedy"]
   status, _, body = generate(url, {"texts": TEXTS[1:], "alpha": 0.6})
   assert status == 200, body
   assert [r["method"] for r in body["results"]] == ["argmax", "viterbi", "ratio_first",
