@@ -32,6 +32,8 @@ EXTRAS_REQUIRE = {
         "pytest==9.2.0",
         "torch==2.13.0",
         "transformers==5.23.0",
+        # drives Debian's chromium (no browser download) in the demo-page test
+        "playwright==1.65.2",
     ],
 }
 
@@ -43,10 +45,13 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["narlm", "narlm.*"]),
-    package_data={"narlm": ["gin/*.gin", "gin/*/*.gin"]},
+    package_data={"narlm": ["gin/*.gin", "gin/*/*.gin", "gin/*/*/*.gin", "static/*"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["narlm-train=narlm.train:console_main"]},
+    entry_points={"console_scripts": [
+        "narlm-train=narlm.train:console_main",
+        "narlm-serve=narlm.serve:console_main",
+    ]},
 )

@@ -260,7 +260,10 @@ class GenerationService:
     if not self.methods:
       raise ValueError("no method left to serve")
 
+    # The run's RATIO_FIRST_ALPHA: used when a ratio_first request gives none.
     self.model_alpha = getattr(nar.model, "ratio_first_alpha", None)
+    if self.model_alpha is not None:
+      self.model_alpha = self._check_alpha(self.model_alpha, "RATIO_FIRST_ALPHA")
     default_alpha = alpha if alpha is not None else (self.model_alpha or 0.6)
     self.default_alpha = self._check_alpha(default_alpha, "--alpha")
 
@@ -460,6 +463,8 @@ class GenerationService:
         if name == "AR" and vocab is vocabs.get("NAR"):
           continue
         n = len(vocab.encode(text))
+        if n == 0:
+          raise RequestError(400, f"texts[{i}] has no tokens (only control characters?)")
         if n > limits.max_tokens:
           raise RequestError(400, f"texts[{i}] is {n} tokens long; the limit is "
                              f"{limits.max_tokens} tokens")
@@ -547,7 +552,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.wfile.write(body)
 
   def _send_json(self, status: int, obj: Any, headers: Optional[Mapping[str, str]] = None):
-    body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    body = json.dumps(obj).encode("ascii")  # \u escapes: safe for any string
     self._send(status, body, "application/json; charset=utf-8", headers)
 
   def send_error(self, code, message=None, explain=None):
@@ -755,6 +760,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--warmup_workers", type=int, default=1,
                  help="threads compiling the warm-up programs (on 2 cores, 2 threads were "
                  "no faster than 1)")
+  p.add_argument("--compilation_cache_dir", default=None,
+                 help="JAX persistent compilation cache: a restarted server loads the "
+                 "warm-up programs from here instead of compiling them")
   p.add_argument("--no_warmup", action="store_true",
                  help="skip the warm-up (the first request of each shape compiles)")
   return p.parse_args(list(argv))
@@ -762,6 +770,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def build_service(args: argparse.Namespace) -> GenerationService:
   """Loads the models named by `args` and builds (and warms up) the service."""
+  if args.compilation_cache_dir:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
   nar = load_model(args.model_dir)
   ar = load_model(args.ar_model_dir) if args.ar_model_dir else None
   max_tokens = args.max_tokens

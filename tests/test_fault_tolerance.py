@@ -504,6 +504,8 @@ def damaged_copy(tmp_path, reference):
   return root
 
 
+# orbax leaves "Event loop is closed" noise behind a failed read.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_latest_checkpoint_fails_clearly(damaged_copy, damage, caplog):
   root = damaged_copy

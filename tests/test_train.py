@@ -32,6 +32,18 @@ def test_cpu_experiment_runs_one_step(tmp_path, gin_file):
   assert np.isfinite(metrics["train/loss"])
   assert (tmp_path / "run" / "config.gin").read_text().count("TRAIN_STEPS = 1") == 1
   assert (tmp_path / "run" / "checkpoints" / "1").is_dir()
+  if "minilm" in gin_file:
+    # Warm start: the first step runs at warmup learning rate 0, so the
+    # checkpoint's encoder still equals all-MiniLM-L6-v2's weights.
+    from narlm import hf_bert, train
+    _, hf = hf_bert.load_hf_bert(hf_bert.minilm_checkpoint_dir())
+    ours = train.restore_params(str(tmp_path / "run"))["bert"]["encoder"]
+    for path in (("embeddings", "word_embeddings", "embedding"),
+                 ("layers_5", "mlp", "wo", "kernel")):
+      a, b = ours, hf["encoder"]
+      for k in path:
+        a, b = a[k], b[k]
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
