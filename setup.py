@@ -1,6 +1,10 @@
 """narlm: non-autoregressive language models (NAG-BERT + dynamic CRF) in JAX."""
 
+import pathlib
+
 import setuptools
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 # Pinned to the versions that install and run together (jax 0.10 / flax 0.12 /
 # TF 2.21); widen a pin only after the test suite passes on the new version.
@@ -41,7 +45,7 @@ setuptools.setup(
     name="narlm",
     version="0.1.0",
     description="Non-autoregressive text generation (NAG-BERT with a dynamic CRF) in JAX/Flax",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["narlm", "narlm.*"]),

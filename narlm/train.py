@@ -129,7 +129,7 @@ def restore_params(model_dir: str, step: Optional[int] = None) -> PyTree:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint under {path}")
-    restored = manager.restore(step)
+    restored = manager.restore(step, args=ocp.args.StandardRestore())
   return restored["params"]
 
 

@@ -97,6 +97,7 @@ def variables(model, shapes):
 
 # ----------------------------------------------------------- the contract
 def test_model_attributes_t5x_reads(model):
+  assert isinstance(model, models.NagBertModel)
   # train.py:350-356: TrainStateInitializer(optimizer_def=model.optimizer_def,
   # init_fn=model.get_initial_variables); utils.py:1073 takes init_fn.__self__.
   assert hasattr(model, "optimizer_def")
