@@ -289,8 +289,10 @@ def _batched_predictions(trainer: Trainer, params, ds, batch_size: int, decode_k
       tokens = np.concatenate([tokens, np.zeros((batch_size - n,) + tokens.shape[1:],
                                                 tokens.dtype)])
     pred, aux = predict(params, {"encoder_input_tokens": jnp.asarray(tokens)})
-    pred, lengths = np.asarray(pred), np.asarray(aux["length"])
-    out.extend((int(index[i]), pred[i, :lengths[i]].tolist()) for i in range(n))
+    # Full padded rows (pad after the cut), as t5x returns them: seqio stacks
+    # the predictions into one array, and its vocab.decode drops the padding.
+    pred = np.asarray(pred)
+    out.extend((int(index[i]), pred[i].tolist()) for i in range(n))
   return out
 
 

@@ -226,7 +226,7 @@ class Reference:
 
   def __init__(self, model_dir: pathlib.Path):
     self.model_dir = model_dir
-    self.root = checkpoints.checkpoint_root(str(model_dir))
+    self.root = pathlib.Path(checkpoints.checkpoint_root(str(model_dir)))
     self.records = {int(r["step"]): values(r) for r in metrics(model_dir)}
     self._arrays: dict[int, dict] = {}
 
@@ -286,8 +286,9 @@ class Job:
 
   def __init__(self, base: pathlib.Path, env: dict, ref: Reference, runs: list):
     self.base, self.env, self.ref, self.runs = base, env, ref, runs
+    base.mkdir(parents=True, exist_ok=True)
     self.model_dir = base / "model"
-    self.root = checkpoints.checkpoint_root(str(self.model_dir))
+    self.root = pathlib.Path(checkpoints.checkpoint_root(str(self.model_dir)))
     self.attempts: list[dict] = []
     self.lost = 0
     self.inconsistent = 0
@@ -380,7 +381,7 @@ class Job:
 def test_sigterm_saves_exits_cleanly_and_resumes(tmp_path, data_dir, jax_cache, reference, runs):
   env = trainer_env(data_dir, jax_cache)
   model_dir = tmp_path / "model"
-  root = checkpoints.checkpoint_root(str(model_dir))
+  root = pathlib.Path(checkpoints.checkpoint_root(str(model_dir)))
   run = Run(model_dir, tmp_path / "first.log", env)
   runs.append(run)
   # Step 3 is not a checkpoint step: the checkpoint must come from the handler.
@@ -570,7 +571,7 @@ def test_trainer_refuses_damaged_checkpoint_then_resumes_after_quarantine(
     tmp_path, data_dir, jax_cache, reference, runs):
   env = trainer_env(data_dir, jax_cache)
   model_dir = tmp_path / "model"
-  root = checkpoints.checkpoint_root(str(model_dir))
+  root = pathlib.Path(checkpoints.checkpoint_root(str(model_dir)))
   shutil.copytree(reference.root, root)
   for step in (6, 8):  # a job that was at step 4 ...
     shutil.rmtree(root / str(step))

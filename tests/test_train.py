@@ -194,3 +194,33 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
   params = train.restore_params(str(tmp_path / "run"))
   import jax
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_inference_eval_with_outputs_of_different_lengths():
+  """seqio stacks predictions into one array: rows must keep their length."""
+  import gin
+  import jax.numpy as jnp
+  from narlm import train
+  gin.clear_config()
+  try:
+    train.parse_gin(["narlm/gin/quickstart_cpu.gin"], ["MODEL_DIR='/unused'"])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  trainer = train.Trainer(model)
+
+  def fake_predict(params, batch):
+    del params
+    tokens = batch["encoder_input_tokens"]
+    # Copy the source, cut after a row-dependent number of tokens.
+    lengths = jnp.arange(tokens.shape[0]) % 5 + 1
+    keep = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    return jnp.where(keep, tokens, 0), {"length": lengths, "scores": jnp.zeros(tokens.shape[:1])}
+
+  trainer._predict[()] = fake_predict
+  cfg = train.DatasetConfig("sentcomp_bert", {"inputs": 32, "targets": 32}, split="validation",
+                            batch_size=4, shuffle=False)
+  metrics, samples = train.evaluate_with_metrics(trainer, None, cfg, step=0, num_examples=10)
+  rouge1 = metrics["sentcomp_bert"]["rouge1"]
+  assert 0 < rouge1 < 100
+  assert len(samples) == 3 and all(len(s[1].split()) <= 5 for s in samples)
