@@ -104,7 +104,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
                  batches=(1, 32), repeats=5, train_batch=16, train_length=64,
                  crf_lengths=(128, 512), crf_full_beams=(64,), crf_core_beams=(16, 32, 64),
                  crf_tokens=512, encoder_batch=16, encoder_length=64, pipeline_batches=30,
-                 crf_beam_size=64, cell_budget_s=45.0),
+                 crf_beam_size=64, cell_budget_s=30.0),
 }
 
 # Keys every result document has (tests/test_bench.py checks them).
@@ -826,10 +826,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       "platform": platform.platform(), "load_avg_start": load_avg(),
       "start_time": time.strftime("%Y-%m-%dT%H:%M:%S"),
       "notes": [
-          "times are warm medians; compile_s is AOT lower+compile time",
+          "times are warm medians (block_until_ready); compile_s = wall time of AOT "
+          "lower+compile with up to cpu_threads programs compiled concurrently, "
+          "compile_cpu_s = CPU time of the compiling thread",
           "contenders interleaved with rotating order; ratios as ratio of medians "
           "and paired per-repeat median/min/max",
           "load average [1, 5, 15 min] recorded at start/end of the run and of each section",
+          f"preset {preset_name}: vocab {vocab}, size {p['size']}",
       ]}}
   log(f"preset {preset_name}: {p}, load {res['meta']['load_avg_start']}")
   runners = {

@@ -59,7 +59,8 @@ _STEP_RE = re.compile(r"^\d+$")
 # Error texts of tensorstore / the file system that mean damaged files (not a
 # config mismatch between the checkpoint and the model being restored).
 _DAMAGE_RE = re.compile(r"OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|Error reading|Error opening|"
-                        r"No such file|corrupt|truncat|Unexpected end|invalid.*manifest",
+                        r"No such file|corrupt|truncat|Unexpected end|invalid.*manifest|"
+                        r"error while reading",
                         re.IGNORECASE)
 
 
@@ -208,6 +209,32 @@ def check_step(root, step: int) -> list[str]:
   return problems
 
 
+def _error_chain(error: BaseException) -> list[BaseException]:
+  chain: list[BaseException] = []
+  while error is not None and error not in chain and len(chain) < 10:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def _short(error: BaseException) -> str:
+  # tensorstore appends its whole JSON spec; keep the first line before it.
+  text = str(error).split("See full TensorStore details")[0].strip()
+  text = " | ".join(line.strip() for line in text.splitlines()[:4] if line.strip())
+  return f"{type(error).__name__}: {text[:600]}"
+
+
+def describe_error(error: BaseException) -> str:
+  """One line per exception of the cause chain (the tensorstore error that
+  names the damaged array is usually a cause of orbax's)."""
+  return "\n      caused by ".join(_short(e) for e in _error_chain(error))
+
+
+def is_damage_error(error: BaseException) -> bool:
+  """Whether a restore error comes from damaged files (vs. a config mismatch)."""
+  return any(_DAMAGE_RE.search(_short(e)) for e in _error_chain(error))
+
+
 def _previous(root, step: int) -> Optional[int]:
   older = [s for s in committed_steps(root) if s < step]
   return older[-1] if older else None
@@ -220,7 +247,7 @@ def corrupt_message(root, step: int, problems: Sequence[str], *,
   lines = [f"checkpoint step {step} at {path} is damaged and cannot be restored:"]
   lines += [f"  - {p}" for p in problems]
   if cause is not None:
-    lines.append(f"  - reading it failed: {type(cause).__name__}: {str(cause)[:1000]}")
+    lines.append(f"  - reading it failed: {describe_error(cause)}")
   lines.append("Orbax commits a checkpoint only once it is complete, so this is damage after "
                "the fact (storage, copy, manual edit), not an interrupted save; training does "
                "not silently fall back.")
@@ -341,11 +368,11 @@ def restore(manager, step: int, target: Any) -> Any:
   try:
     return manager.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as e:  # pylint: disable=broad-except
-    if _DAMAGE_RE.search(f"{type(e).__name__}: {e}"):
+    if is_damage_error(e):
       raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
                                    path=path) from e
     raise CheckpointError(
         f"checkpoint step {step} at {path} could not be restored into the current model: "
-        f"{type(e).__name__}: {str(e)[:1000]}\nIf the model, optimizer or mesh config changed "
+        f"{describe_error(e)}\nIf the model, optimizer or mesh config changed "
         f"since it was written, resume with the original config or use a new MODEL_DIR.",
         step=step, path=path) from e

@@ -461,7 +461,7 @@ def test_sigkill_at_random_points(tmp_path, data_dir, jax_cache, reference, runs
     summary["redone_steps"] += sum(c - 1 for c in counts.values())
     summary["lost"] += job.lost
     summary["inconsistent"] += job.inconsistent
-    details.append([(a["mode"], a["delay"], a["resumed_from"], a["logged"], a["committed_after"],
+    details.append([(a["mode"], a.get("delay"), a["resumed_from"], a["logged"], a["committed_after"],
                      a["tmp_after"]) for a in job.attempts])
   print("\nSIGKILL trials:", dict(summary))
   for trial, d in enumerate(details):
