@@ -11,6 +11,9 @@ import pytest
 
 from narlm import bench
 
+# ~2 minutes of compiling on 2 cores: in CI's slow pass, not the default suite.
+pytestmark = pytest.mark.slow
+
 
 def _numeric_leaves(obj, path=()):
   if isinstance(obj, bool):
