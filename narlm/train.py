@@ -413,10 +413,11 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   latest = manager.latest_step()
   writer = metric_writers.create_default_writer(model_dir, just_logging=process > 0)
   if latest is not None:
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    from narlm import checkpoints  # pylint: disable=g-import-not-at-top
     logging.info("resuming from %s step %d", model_dir, latest)
-    state = manager.restore(latest, args=ocp.args.StandardRestore(
-        trainer.abstract_state(batch_shape)))
+    # Validates the step first: a damaged checkpoint is a CheckpointError
+    # naming the step and path, never a deep orbax/tensorstore traceback.
+    state = checkpoints.restore(manager, latest, trainer.abstract_state(batch_shape))
   elif init_checkpoint:
     params = jax.device_get(state["params"])
     params = model.warm_start_from_hf_bert(params, init_checkpoint)
@@ -451,7 +452,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   try:
     step = start_step
     t0 = time.time()
-    while step < end_step and not preempted["flag"]:
+    while step < end_step and not _any_process(preempted["flag"], num_processes):
       batch = trainer.global_batch(next(data_iter))
       with trainer.mesh:
         state, metrics = step_fn(state, batch)
@@ -484,6 +485,17 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
   return last_metrics
+
+
+def _any_process(flag: bool, num_processes: int) -> bool:
+  """True if any process has the flag. A SIGTERM that reaches one process
+  first must stop all of them at the same step, or one enters the checkpoint
+  save (a collective) while the others enter the next train step and the job
+  hangs."""
+  if num_processes == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def _append_jsonl(path: str, record: Mapping[str, Any]) -> None:
@@ -609,10 +621,11 @@ def _bound_model_dir(fn) -> Optional[str]:
 
 
 def console_main() -> None:
+  from narlm import checkpoints  # pylint: disable=g-import-not-at-top
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   try:
     main(sys.argv[1:])
-  except (TrainingError, ValueError, FileNotFoundError) as e:
+  except (TrainingError, ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
     logging.error("%s", e)
     logging.debug("traceback", exc_info=True)
     sys.exit(1)
