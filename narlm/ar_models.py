@@ -47,6 +47,7 @@ import jax.numpy as jnp
 
 from narlm import decoding
 from narlm import losses
+from narlm.model_metrics import average_metric
 from narlm.modules.decoder import TransformerDecoder
 from narlm.modules.encoder import BertConfig, BertWithHead
 
@@ -120,11 +121,6 @@ class ArSeq2SeqNetwork(nn.Module):
 
 
 # -------------------------------------------------------------------- model
-def _average(total, count=1.0) -> clu_metrics.Average:
-  return clu_metrics.Average(total=jnp.asarray(total, jnp.float32),
-                             count=jnp.asarray(count, jnp.float32))
-
-
 def check_batch(batch: Batch, need_targets: bool = True) -> None:
   """Clear errors for a malformed batch (static shapes, so fine under jit)."""
   if "encoder_input_tokens" not in batch:
@@ -304,14 +300,14 @@ class ArSeq2SeqModel:
     denom = jnp.maximum(num_tokens, 1.0)
     loss = losses.token_nll(logits, targets, weights, self.label_smoothing).sum() / denom
     metrics = {
-        "loss": _average(loss),
-        "token_accuracy": _average(((jnp.argmax(logits, -1) == targets) * weights).sum(), denom),
+        "loss": average_metric(loss),
+        "token_accuracy": average_metric(((jnp.argmax(logits, -1) == targets) * weights).sum(), denom),
         "num_tokens": clu_metrics.Average(total=num_tokens, count=jnp.float32(1.0)),
     }
     if self.label_smoothing:
-      metrics["token_nll"] = _average(losses.token_nll(logits, targets, weights).sum() / denom)
+      metrics["token_nll"] = average_metric(losses.token_nll(logits, targets, weights).sum() / denom)
     else:
-      metrics["token_nll"] = _average(loss)
+      metrics["token_nll"] = average_metric(loss)
     return loss, metrics
 
   def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:

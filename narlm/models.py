@@ -18,16 +18,12 @@ import jax.numpy as jnp
 
 from narlm import decoding
 from narlm import losses
+from narlm.model_metrics import average_metric
 from narlm.feature_converters import NarFeatureConverter
 from narlm.modules.network import NagBertNetwork
 
 Batch = Mapping[str, jnp.ndarray]
 PyTree = Any
-
-
-def _average(total, count=1.0) -> clu_metrics.Average:
-  return clu_metrics.Average(total=jnp.asarray(total, jnp.float32),
-                             count=jnp.asarray(count, jnp.float32))
 
 
 def check_batch(batch: Batch, need_targets: bool = True) -> None:
@@ -133,11 +129,11 @@ class NagBertModel:
     num_tokens = aux.pop("num_tokens")
     correct = ((jnp.argmax(logits, -1) == targets) * weights).sum()
     metrics = {
-        "loss": _average(loss),
-        "token_accuracy": _average(correct, jnp.maximum(num_tokens, 1.0)),
+        "loss": average_metric(loss),
+        "token_accuracy": average_metric(correct, jnp.maximum(num_tokens, 1.0)),
         "num_tokens": clu_metrics.Average(total=num_tokens, count=jnp.float32(1.0)),
     }
-    metrics.update({name: _average(value) for name, value in aux.items()})
+    metrics.update({name: average_metric(value) for name, value in aux.items()})
     return loss, metrics
 
   def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:

@@ -176,17 +176,24 @@ def logged_lines(model_dir: pathlib.Path) -> int:
     return 0
 
 
-def write_ids(root: pathlib.Path) -> set:
-  """Identities of the interrupted-write (tmp) dirs: orbax deletes and
-  re-creates a stale one when it saves that step again, which changes them."""
-  ids = set()
+def writes_since(root: pathlib.Path, since_ns: int) -> list[str]:
+  """The checkpoint writes in progress (tmp dirs) started at or after
+  `since_ns`: orbax stamps init_timestamp_nsecs into a new tmp dir's
+  _CHECKPOINT_METADATA (before that file exists, the dir's ctime is used). A
+  stale tmp dir left by an earlier kill does not count until orbax re-creates
+  it for a new save of that step."""
+  names = []
   for _, p in checkpoints.uncommitted(root):
     try:
-      st = os.stat(p)
-    except FileNotFoundError:
-      continue
-    ids.add((p.name, st.st_ino, st.st_ctime_ns))
-  return ids
+      started = int(json.loads((p / "_CHECKPOINT_METADATA").read_text())["init_timestamp_nsecs"])
+    except (OSError, ValueError, KeyError, TypeError):
+      try:
+        started = os.stat(p).st_ctime_ns
+      except FileNotFoundError:
+        continue
+    if started >= since_ns:
+      names.append(p.name)
+  return names
 
 
 def wait_until(pred: Callable[[], bool], run: Run, timeout: float = RUN_TIMEOUT,
@@ -334,23 +341,27 @@ class Job:
     assert not problems, problems
     return attempt
 
-  def killed_attempt(self, mode: str, rng: random.Random, *, min_save_step: int = 0,
-                     max_delay: float = 0.25) -> dict:
+  def killed_attempt(self, mode: str, rng: random.Random, *,
+                     min_save_step: Optional[int] = None, max_delay: float = 0.25) -> dict:
     """Starts an attempt and SIGKILLs it: mode 'save' = while a checkpoint
-    write (orbax tmp dir of a step >= min_save_step) is in progress, 'step' =
-    a random time after a random number of logged steps, 'time' = a random
-    time after launch (imports, compilation, restore or training)."""
-    stale = write_ids(self.root)
+    write (orbax tmp dir of a step >= min_save_step; default: a random
+    checkpoint step this attempt will save) is in progress, 'step' = a random
+    time after a random number of this attempt's steps, 'time' = a random time
+    after launch (imports, compilation, restore or training)."""
+    since = time.time_ns()
     run, lines_before, expected = self.start()
+    ahead = range((expected or 0) + 1, TRAIN_STEPS + 1)  # the steps this attempt trains
     delay = 0.0
     if mode == "save":
+      if min_save_step is None:
+        min_save_step = rng.choice([s for s in ahead if s % CHECKPOINT_PERIOD == 0] or [0])
       def writing():
         return any(int(name.split(".")[0]) >= min_save_step
-                   for name, *_ in write_ids(self.root) - stale)
+                   for name in writes_since(self.root, since))
       reached = wait_until(writing, run, poll=0.005)
       delay = rng.uniform(0.0, max_delay)
     elif mode == "step":
-      k = rng.randint(1, 3)
+      k = rng.randint(1, max(1, len(ahead) - 1))
       reached = wait_until(lambda: self._lines() >= lines_before + k, run)
       delay = rng.uniform(0.0, 1.5)
     elif mode == "time":
@@ -362,7 +373,11 @@ class Job:
       time.sleep(delay)
     finished = not run.alive()
     run.kill(signal.SIGKILL)
-    mid_write = bool(write_ids(self.root) - stale)  # a write this attempt started was cut
+    mid_write = bool(writes_since(self.root, since))  # a write this attempt started was cut
+    if mode == "save":
+      mode = f"save>={min_save_step}"
+    elif mode == "step":
+      mode = f"step+{k}"
     return self.finish_attempt(run, lines_before, expected, mode=mode, delay=round(delay, 3),
                                killed=not finished, mid_write=mid_write and not finished)
 
@@ -446,7 +461,7 @@ def test_sigkill_at_random_points(tmp_path, data_dir, jax_cache, reference, runs
       modes = [rng.choice(["save", "step", "time"]) for _ in range(2)]
       if trial == 0:
         modes[0] = "save"
-      return [(m, {"min_save_step": rng.choice([0, 4])} if m == "save" else {}) for m in modes]
+      return [(m, {}) for m in modes]
     return make
 
   details = []
