@@ -225,7 +225,8 @@ class ArSeq2SeqModel:
   """
 
   def __init__(self, module: ArSeq2SeqNetwork, input_vocabulary, output_vocabulary,
-               optimizer_def: Any = None, *, label_smoothing: float = 0.0):
+               optimizer_def: Any = None, *, label_smoothing: float = 0.0,
+               init_decoder_from_encoder: bool = False):
     if not isinstance(module, ArSeq2SeqNetwork):
       raise TypeError(f"module must be an ArSeq2SeqNetwork, got {type(module).__name__}")
     module.decoder_layers  # pylint: disable=pointless-statement  (validates the depth)
@@ -236,6 +237,7 @@ class ArSeq2SeqModel:
     self.output_vocabulary = output_vocabulary
     self.optimizer_def = optimizer_def
     self.label_smoothing = label_smoothing
+    self.init_decoder_from_encoder = init_decoder_from_encoder
     if output_vocabulary.eos_id is None:
       raise ValueError("the output vocabulary has no eos id; AR decoding stops at eos")
     self.eos_id = int(output_vocabulary.eos_id)
@@ -380,7 +382,68 @@ class ArSeq2SeqModel:
     """Overlays a Hugging Face BERT checkpoint onto the encoder and head.
 
     Same checks and behaviour as NagBertModel's (the ``bert`` subtrees are
-    identical); the decoder keeps its initial values.
+    identical). With ``init_decoder_from_encoder`` the decoder is then
+    initialised from the loaded encoder as well (see
+    `copy_encoder_into_decoder`); otherwise it keeps its initial values.
     """
     from narlm.models import NagBertModel  # pylint: disable=g-import-not-at-top
-    return NagBertModel.warm_start_from_hf_bert(self, params, checkpoint)
+    params = NagBertModel.warm_start_from_hf_bert(self, params, checkpoint)
+    if self.init_decoder_from_encoder:
+      params = copy_encoder_into_decoder(params)
+    return params
+
+
+# Decoder sub-tree <- encoder sub-tree, per layer (see the parameter trees in
+# narlm/modules/encoder.py and narlm/modules/decoder.py).
+_LAYER_MAP = {
+    "self_attention": "attention",
+    "self_attention_layer_norm": "attention_layer_norm",
+    "mlp": "mlp",
+    "mlp_layer_norm": "mlp_layer_norm",
+}
+
+
+def copy_encoder_into_decoder(params: PyTree) -> PyTree:
+  """BERT2BERT initialisation (Rothe et al., 2020) of the AR decoder.
+
+  Decoder layer i takes encoder layer i's self-attention, MLP and their
+  LayerNorms, and the decoder's position embeddings / embedding LayerNorm
+  take the encoder's; cross-attention (which BERT does not have) keeps its
+  random initialisation. A decoder shallower than the encoder takes the
+  encoder's lowest layers. Without this, a pretrained encoder is paired with
+  a decoder trained from scratch, which needs far more steps to become
+  fluent; with it the AR baseline starts as pretrained as NAG-BERT does.
+
+  Args:
+    params: ArSeq2SeqNetwork params {'bert': ..., 'decoder': ...}.
+  Returns:
+    a new params tree (the input is not modified).
+  Raises:
+    ValueError: the decoder is deeper than the encoder, or shapes differ.
+  """
+  encoder = params["bert"]["encoder"]
+  decoder = dict(params["decoder"])
+  enc_layers = sum(1 for k in encoder if k.startswith("layers_"))
+  dec_layers = sum(1 for k in decoder if k.startswith("layers_"))
+  if dec_layers > enc_layers:
+    raise ValueError(f"cannot initialise a {dec_layers}-layer decoder from a {enc_layers}-layer "
+                     "encoder; use NUM_DECODER_LAYERS <= the encoder depth")
+
+  def take(dst, src, what):
+    src_shapes = jax.tree_util.tree_map(jnp.shape, src)
+    dst_shapes = jax.tree_util.tree_map(jnp.shape, dst)
+    if src_shapes != dst_shapes:
+      raise ValueError(f"{what}: encoder shapes {src_shapes} != decoder shapes {dst_shapes}")
+    return jax.tree_util.tree_map(lambda x: x, src)
+
+  embeddings = encoder["embeddings"]
+  decoder["position_embeddings"] = take(decoder["position_embeddings"],
+                                        embeddings["position_embeddings"], "position_embeddings")
+  decoder["embedding_layer_norm"] = take(decoder["embedding_layer_norm"],
+                                         embeddings["layer_norm"], "embedding_layer_norm")
+  for i in range(dec_layers):
+    layer = dict(decoder[f"layers_{i}"])
+    for dst, src in _LAYER_MAP.items():
+      layer[dst] = take(layer[dst], encoder[f"layers_{i}"][src], f"layers_{i}/{dst}")
+    decoder[f"layers_{i}"] = layer
+  return dict(params, decoder=decoder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
+import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -49,6 +50,18 @@ def argmax_decode(logits: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
 def source_lengths(source_tokens: jnp.ndarray, pad_id: int = 0) -> jnp.ndarray:
   """[B, L] source tokens -> [B] number of non-pad tokens."""
   return (source_tokens != pad_id).sum(axis=-1).astype(jnp.int32)
+
+
+def ratio_first_positions(length: int, alpha: float) -> int:
+  """Positions ratio-first decoding can use for sources of <= `length`
+  tokens: min(length, floor(alpha * length) + 2) (a static int).
+
+  Rounded up by a hair: the per-row limit is computed in float32 on device,
+  and a bound that is one too large only costs a masked position.
+  """
+  if not alpha > 0:
+    raise ValueError(f"ratio-first alpha must be > 0, got {alpha}")
+  return min(int(length), math.floor(alpha * length * (1 + 1e-6)) + 2)
 
 
 def ratio_first_mask(source_tokens: jnp.ndarray, alpha: float, length: Optional[int] = None,

@@ -101,10 +101,10 @@ class NagBertModel:
     return variables
 
   # ------------------------------------------------------------------ loss
-  def _logits(self, params, tokens, dropout_rng=None):
+  def _logits(self, params, tokens, dropout_rng=None, num_positions=None):
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply({"params": params}, tokens, deterministic=dropout_rng is None,
-                             rngs=rngs)
+                             num_positions=num_positions, rngs=rngs)
 
   def _crf_log_likelihood(self, params, logits, targets, mask):
     return self.module.apply({"params": params}, logits, targets, mask,
@@ -173,21 +173,30 @@ class NagBertModel:
     if not self.module.use_crf:
       method = "argmax"
     tokens_in = batch["encoder_input_tokens"]
-    logits = self._logits(params, tokens_in)
-    mask = None
+    length = tokens_in.shape[1]
     if method == "argmax":
-      tokens, scores = decoding.argmax_decode(logits)
+      tokens, scores = decoding.argmax_decode(self._logits(params, tokens_in))
+      tokens, lengths = decoding.cut_at_first_eos(tokens, self.eos_id, self.pad_id)
     else:
+      num_positions = length
       if method == "ratio_first":
         alpha = alpha if alpha is not None else self.ratio_first_alpha
         if alpha is None:
           raise ValueError("ratio_first decoding needs alpha")
-        mask = decoding.ratio_first_mask(tokens_in, alpha, pad_id=self.pad_id)
+        # Every row keeps floor(alpha n) + 2 positions, n <= L: a static
+        # bound, so the head and the CRF skip the positions no row can use.
+        num_positions = decoding.ratio_first_positions(length, alpha)
+        mask = decoding.ratio_first_mask(tokens_in, alpha, length=num_positions,
+                                         pad_id=self.pad_id)
       else:
         mask = jnp.ones(tokens_in.shape, bool)
+      logits = self._logits(params, tokens_in, num_positions=num_positions)
       tokens, scores = self.module.apply({"params": params}, logits, mask,
                                          method=NagBertNetwork.crf_decode)
-    tokens, lengths = decoding.cut_at_first_eos(tokens, self.eos_id, self.pad_id, mask)
+      tokens, lengths = decoding.cut_at_first_eos(tokens, self.eos_id, self.pad_id, mask)
+      if num_positions < length:  # back to [B, L], as every method returns
+        tokens = jnp.pad(tokens, ((0, 0), (0, length - num_positions)),
+                         constant_values=self.pad_id)
     if return_all_decodes:
       tokens, scores = tokens[:, None], scores[:, None]
     return tokens, {"scores": scores, "length": lengths}

@@ -354,7 +354,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           init_checkpoint: Optional[str] = None, seed: int = 0,
           distributed: Optional[DistributedConfig] = None,
           stop_after_steps: Optional[int] = None,
-          nan_check_period: int = 1) -> Mapping[str, float]:
+          nan_check_period: int = 1,
+          max_train_cpu_seconds: Optional[float] = None) -> Mapping[str, float]:
   """Trains `model` on a seqio task; resumes from `model_dir` if it has a checkpoint.
 
   Args:
@@ -381,6 +382,14 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     stop_after_steps: stop (after saving) once this step is reached, as if
       preempted; for tests and time-sliced jobs.
     nan_check_period: check the loss for NaN/inf every N steps.
+    max_train_cpu_seconds: a compute budget: stop (save, then run the final
+      evaluation) once the training loop has used this many seconds of
+      process CPU time (all threads; compilation included, evaluation
+      excluded). CPU time rather than wall time, so that runs sharing a
+      machine get equal budgets. CPU time spent before a resume counts (read
+      back from train_metrics.jsonl). The learning-rate schedule still
+      follows train_steps: with a budget, use SCHEDULE = 'constant' or size
+      train_steps to the budget.
 
   Returns:
     The last logged training metrics (and eval metrics when run).
@@ -449,10 +458,23 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
   last_metrics: dict[str, float] = {}
   end_step = min(train_steps, stop_after_steps) if stop_after_steps else train_steps
+  if max_train_cpu_seconds is not None and max_train_cpu_seconds <= 0:
+    raise ValueError(f"max_train_cpu_seconds must be > 0, got {max_train_cpu_seconds}")
+  cpu_spent_before = _train_cpu_seconds_logged(model_dir, start_step) if start_step else 0.0
+  out_of_budget = False
   try:
     step = start_step
     t0 = time.time()
-    while step < end_step and not _any_process(preempted["flag"], num_processes):
+    cpu0 = time.process_time()
+
+    def cpu_seconds():
+      return cpu_spent_before + time.process_time() - cpu0
+
+    while step < end_step:
+      out_of_budget = (max_train_cpu_seconds is not None and step > start_step
+                       and cpu_seconds() >= max_train_cpu_seconds)
+      if _any_process(preempted["flag"] or out_of_budget, num_processes):
+        break
       batch = trainer.global_batch(next(data_iter))
       with trainer.mesh:
         state, metrics = step_fn(state, batch)
@@ -463,6 +485,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
       if step % log_period == 0 or step == end_step:
         last_metrics = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
         last_metrics["train/steps_per_sec"] = (step - start_step) / max(time.time() - t0, 1e-9)
+        last_metrics["train/cpu_seconds"] = cpu_seconds()
         writer.write_scalars(step, last_metrics)
         if process == 0:
           _append_jsonl(os.path.join(model_dir, "train_metrics.jsonl"),
@@ -473,9 +496,16 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           and step != train_steps:
         last_metrics.update(_run_eval(trainer, state, eval_dataset_cfg, step, writer,
                                       eval_steps, infer_eval_examples, decode_kwargs))
+    if out_of_budget:
+      logging.info("CPU budget of %.0f s used up at step %d of %d: stopping", max_train_cpu_seconds,
+                   step, train_steps)
+      if process == 0:
+        _append_jsonl(os.path.join(model_dir, "train_metrics.jsonl"),
+                      {"step": step, "train/cpu_seconds": cpu_seconds(),
+                       "train/stopped_by_cpu_budget": 1.0})
     save(step, force=True)
     manager.wait_until_finished()
-    if eval_dataset_cfg is not None and step == train_steps:
+    if eval_dataset_cfg is not None and (step == train_steps or out_of_budget):
       last_metrics.update(_run_eval(trainer, state, eval_dataset_cfg, step, writer, eval_steps,
                                     infer_eval_examples, decode_kwargs))
   finally:
@@ -485,6 +515,25 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
   return last_metrics
+
+
+def _train_cpu_seconds_logged(model_dir: str, step: int) -> float:
+  """Training CPU seconds recorded in train_metrics.jsonl up to `step` (0 if none)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = os.path.join(model_dir, "train_metrics.jsonl")
+  spent = 0.0
+  if not tf.io.gfile.exists(path):
+    return spent
+  with tf.io.gfile.GFile(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # a line cut short by a kill
+      if record.get("step", step + 1) <= step and "train/cpu_seconds" in record:
+        spent = max(spent, float(record["train/cpu_seconds"]))
+  return spent
 
 
 def _any_process(flag: bool, num_processes: int) -> bool:

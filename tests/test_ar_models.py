@@ -342,3 +342,27 @@ def test_gin_files_build_the_model(name, size, decoder_layers, data_dir):
   assert model.module.config == encoder.bert_config(size, 30522)
   assert model.module.decoder_layers == decoder_layers
   assert model.eos_id == 102 and model.pad_id == 0
+
+
+# ------------------------------------------------------------- warm start
+def test_copy_encoder_into_decoder_bert2bert():
+  model = make_model(decoder_layers=1)  # 1 encoder layer
+  params = jax.device_get(init_params(model))
+  copied = ar_models.copy_encoder_into_decoder(params)
+  enc, dec = params["bert"]["encoder"], copied["decoder"]
+  for dst, src in (("self_attention", "attention"), ("mlp", "mlp"),
+                   ("mlp_layer_norm", "mlp_layer_norm"),
+                   ("self_attention_layer_norm", "attention_layer_norm")):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, dec["layers_0"][dst],
+                           enc["layers_0"][src])
+  # Cross-attention has no BERT counterpart: untouched.
+  jax.tree_util.tree_map(np.testing.assert_array_equal, dec["layers_0"]["cross_attention"],
+                         params["decoder"]["layers_0"]["cross_attention"])
+  np.testing.assert_array_equal(dec["position_embeddings"]["embedding"],
+                                enc["embeddings"]["position_embeddings"]["embedding"])
+  # The input tree is not modified.
+  assert not np.array_equal(params["decoder"]["layers_0"]["mlp"]["wi"]["kernel"],
+                            dec["layers_0"]["mlp"]["wi"]["kernel"])
+  deeper = jax.device_get(init_params(MODEL))  # 2 decoder layers, 1 encoder layer
+  with pytest.raises(ValueError, match="2-layer decoder from a 1-layer encoder"):
+    ar_models.copy_encoder_into_decoder(deeper)

@@ -96,6 +96,31 @@ def test_ratio_first_limits_output_length():
   assert np.all(np.asarray(aux["length"]) <= np.floor(0.5 * n) + 2)
 
 
+@pytest.mark.parametrize("alpha", [0.3, 0.5, 0.7, 1.0, 2.0])
+def test_ratio_first_truncation_equals_masked_viterbi_over_all_positions(alpha):
+  """Ratio-first computes the head and the CRF only over the positions
+  floor(alpha L) + 2 that any row can use: same tokens and scores as beam
+  Viterbi over all L positions with the ratio-first mask."""
+  from narlm import decoding
+  from narlm.modules.network import NagBertNetwork
+  model = make_model(decode_method="ratio_first", ratio_first_alpha=alpha)
+  batch = toy_batch()
+  params = model.get_initial_variables(jax.random.PRNGKey(1),
+                                       {"encoder_input_tokens": (3, 8)})["params"]
+  tokens, aux = jax.jit(model.predict_batch_with_aux)(params, batch)
+  src = batch["encoder_input_tokens"]
+  logits = model.module.apply({"params": params}, src)
+  mask = decoding.ratio_first_mask(src, alpha)
+  ref_tokens, ref_scores = model.module.apply({"params": params}, logits, mask,
+                                              method=NagBertNetwork.crf_decode)
+  ref_tokens, ref_lengths = decoding.cut_at_first_eos(ref_tokens, EOS, PAD, mask)
+  assert tokens.shape == src.shape
+  np.testing.assert_array_equal(np.asarray(tokens), np.asarray(ref_tokens))
+  np.testing.assert_array_equal(np.asarray(aux["length"]), np.asarray(ref_lengths))
+  np.testing.assert_allclose(np.asarray(aux["scores"]), np.asarray(ref_scores), rtol=1e-5)
+  assert decoding.ratio_first_positions(8, alpha) == min(8, int(np.floor(alpha * 8)) + 2)
+
+
 def test_bad_batches_raise_clear_errors():
   model = make_model()
   batch = toy_batch()

@@ -33,10 +33,23 @@ class NagBertNetwork(nn.Module):
       self.crf = DynamicCRF(vocab_size=self.config.vocab_size, rank=self.crf_rank,
                             beam_size=self.crf_beam_size, parallel=self.crf_parallel)
 
-  def __call__(self, input_tokens: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
-    """[B, L] source tokens -> [B, L, V] float32 emission logits."""
-    _, logits = self.bert(input_tokens, deterministic=deterministic)
-    return logits
+  def __call__(self, input_tokens: jnp.ndarray, deterministic: bool = True,
+               num_positions: Optional[int] = None) -> jnp.ndarray:
+    """[B, L] source tokens -> [B, T, V] float32 emission logits.
+
+    T = L, or the static `num_positions` <= L: the encoder always reads all L
+    positions, but only the first T hidden states go through the output
+    head (ratio-first decoding never looks further; the [T, V] projection is
+    the largest matmul at inference).
+    """
+    if num_positions is None:
+      _, logits = self.bert(input_tokens, deterministic=deterministic)
+      return logits
+    if not 1 <= num_positions <= input_tokens.shape[1]:
+      raise ValueError(f"num_positions must be in [1, {input_tokens.shape[1]}], "
+                       f"got {num_positions}")
+    hidden = self.bert.encode(input_tokens, deterministic=deterministic)
+    return self.bert.logits(hidden[:, :num_positions])
 
   def crf_log_likelihood(self, logits, targets, mask) -> jnp.ndarray:
     """[B, T, V], [B, T], [B, T] -> [B] beam-approximated CRF log-likelihood."""

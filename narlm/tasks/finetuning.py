@@ -10,8 +10,9 @@ Data (see narlm.tasks.sources for the directories and the bad-input policy):
   {train,dev,test}.{src,tgt} (8,000 / 1,000 / 1,000); validation = dev.
 * iwslt14_de_en_*: IWSLT'14 de->en (lowercased, tokenised),
   `$NARLM_DATA_DIR/iwslt14_de_en`. The offline copy has no train split, so
-  train = validation = the valid files (6,969 pairs: smoke runs and demos
-  only, a validation score on them is a training score); test = test.
+  train = the valid files' first 6,469 pairs, validation = their last 500
+  (held out: a dev set for selection), test = test (6,750 pairs). A tiny
+  scale for comparisons and demos, not a real IWSLT training run.
 * gigaword_bert: `$NARLM_GIGAWORD_DIR` {train,dev,test}.{src,tgt}.
 * gigaword_tfds_bert: TFDS `gigaword` 1.2.0, read-only: it must already be
   prepared in the TFDS data dir (`$TFDS_DATA_DIR`, default
@@ -48,9 +49,13 @@ SRC_TGT_SPLITS = {
     "validation": ("dev.src", "dev.tgt"),
     "test": ("test.src", "test.tgt"),
 }
+# The offline copy has no train split: train on the valid files minus their
+# last 500 pairs, which are held out as the dev set (for checkpoint and alpha
+# selection; never tune on test).
+IWSLT14_DEV_PAIRS = 500
 IWSLT14_DE_EN_SPLITS = {
-    "train": ("valid.de-en.de", "valid.de-en.en"),
-    "validation": ("valid.de-en.de", "valid.de-en.en"),
+    "train": ("valid.de-en.de", "valid.de-en.en", (0, -IWSLT14_DEV_PAIRS)),
+    "validation": ("valid.de-en.de", "valid.de-en.en", (-IWSLT14_DEV_PAIRS, None)),
     "test": ("test.de-en.de", "test.de-en.en"),
 }
 

@@ -179,20 +179,30 @@ class PairedTextFileSource(seqio.DataSource):
   """Line-aligned source/target text files -> {'inputs': str, 'targets': str}.
 
   Args:
-    split_to_files: split -> (source file, target file); relative paths are
-      joined to `base_dir`.
+    split_to_files: split -> (source file, target file) or (source file,
+      target file, (start, stop)): the optional line range is a Python slice
+      of the line pairs (negative values count from the end, stop None = to
+      the end), e.g. a held-out dev set carved from a train file:
+      ``{"train": (s, t, (0, -500)), "validation": (s, t, (-500, None))}``.
+      Relative paths are joined to `base_dir`.
     base_dir: a directory, or a zero-argument callable returning one
       (resolved when a dataset is built).
     inputs_key, targets_key: output feature names.
   """
 
   def __init__(self,
-               split_to_files: Mapping[str, Tuple[PathLike, PathLike]],
+               split_to_files: Mapping[str, tuple],
                base_dir: DirSpec = None,
                inputs_key: str = "inputs",
                targets_key: str = "targets"):
-    self._split_to_files = {k: (os.fspath(s), os.fspath(t))
-                            for k, (s, t) in split_to_files.items()}
+    self._split_to_files = {}
+    self._line_ranges: Dict[str, Optional[Tuple[int, Optional[int]]]] = {}
+    for split, spec in split_to_files.items():
+      if len(spec) not in (2, 3):
+        raise ValueError(f"split {split!r}: expected (source, target) or (source, target, "
+                         f"(start, stop)), got {spec!r}")
+      self._split_to_files[split] = (os.fspath(spec[0]), os.fspath(spec[1]))
+      self._line_ranges[split] = tuple(spec[2]) if len(spec) == 3 else None
     self._base_dir = base_dir
     self._keys = (inputs_key, targets_key)
     super().__init__(splits=list(self._split_to_files))
@@ -202,9 +212,30 @@ class PairedTextFileSource(seqio.DataSource):
     base = _resolve_dir(self._base_dir)
     return tuple(os.path.join(base, p) for p in self._split_to_files[split])
 
+  def line_range(self, split: str) -> Tuple[int, int]:
+    """[start, stop) line-pair indices of the split (after validating its files)."""
+    counts = scan_pair(*self.files(split))
+    start, stop, _ = slice(*(self._line_ranges[split] or (None, None))).indices(counts["pairs"])
+    if stop <= start:
+      raise ValueError(f"split {split!r}: line range {self._line_ranges[split]} of "
+                       f"{self.files(split)[0]!r} ({counts['pairs']} lines) is empty")
+    return start, stop
+
   def validate(self, split: str) -> Dict[str, int]:
     """Scans the split's files (raising on bad input); returns counts."""
-    return scan_pair(*self.files(split))
+    counts = scan_pair(*self.files(split))
+    if self._line_ranges[split] is None:
+      return counts
+    start, stop = self.line_range(split)
+    empty = 0
+    with open(self.files(split)[0], "rb") as f:
+      for i, line in enumerate(f):
+        if i >= stop:
+          break
+        if i >= start and not line.strip(_ASCII_WS):
+          empty += 1
+    return {"pairs": stop - start, "empty_input_pairs_skipped": empty,
+            "examples": stop - start - empty}
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -224,6 +255,9 @@ class PairedTextFileSource(seqio.DataSource):
     self.validate(split)
     ds = tf.data.Dataset.zip((tf.data.TextLineDataset(src),
                               tf.data.TextLineDataset(tgt)))
+    if self._line_ranges[split] is not None:
+      start, stop = self.line_range(split)
+      ds = ds.skip(start).take(stop - start)
     ds = ds.map(lambda s, t: (tf.strings.strip(s), tf.strings.strip(t)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.filter(lambda s, t: tf.strings.length(s) > 0)

@@ -78,7 +78,14 @@ def test_iwslt_and_t5_variants():
   assert bert.decode(ex["inputs"]) == strip_accents(de)  # already tokenised text
   assert bert.decode(ex["targets"]) == en
   source = tasks.get_task_or_mixture("iwslt14_de_en_bert").source
-  assert source.num_input_examples("train") == 6969
+  # The valid files minus a held-out dev set of their last 500 pairs.
+  assert source.num_input_examples("train") == 6969 - 500
+  assert source.num_input_examples("validation") == 500
+  train = list(source.get_dataset("train", shuffle=False).as_numpy_iterator())
+  dev = list(source.get_dataset("validation", shuffle=False).as_numpy_iterator())
+  valid_en = _read_lines("iwslt14_de_en", "valid.de-en.en", n=6969)
+  assert [ex["targets"].decode() for ex in train] == valid_en[:6469]
+  assert [ex["targets"].decode() for ex in dev] == valid_en[6469:]
   assert source.num_input_examples("test") == 6750
 
   t5 = vocabularies.t5_vocabulary()

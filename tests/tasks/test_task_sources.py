@@ -35,6 +35,22 @@ def test_paired_source_reads_strips_and_skips_blank_sources(tmp_path):
   assert sources.SOURCE_STATS["empty_input_pairs_skipped"] == 2
 
 
+def test_paired_source_line_ranges_split_one_file_pair(tmp_path):
+  _write(tmp_path / "v.src", b"s0\ns1\n\ns3\ns4\n")
+  _write(tmp_path / "v.tgt", b"t0\nt1\nt2\nt3\nt4\n")
+  src = sources.PairedTextFileSource(
+      {"train": ("v.src", "v.tgt", (0, -2)), "validation": ("v.src", "v.tgt", (-2, None)),
+       "empty": ("v.src", "v.tgt", (4, 4))}, base_dir=str(tmp_path))
+  assert src.validate("train") == {"pairs": 3, "empty_input_pairs_skipped": 1, "examples": 2}
+  assert src.num_input_examples("validation") == 2
+  assert [e["inputs"] for e in _read(src.get_dataset("train"))] == ["s0", "s1"]
+  assert [e["targets"] for e in _read(src.get_dataset("validation"))] == ["t3", "t4"]
+  with pytest.raises(ValueError, match=r"split 'empty': line range \(4, 4\).*is empty"):
+    src.get_dataset("empty")
+  with pytest.raises(ValueError, match="expected \\(source, target\\)"):
+    sources.PairedTextFileSource({"train": ("only_one",)})
+
+
 def test_paired_source_mismatched_line_counts(tmp_path):
   src = _pairs(tmp_path, b"a\nb\nc\n", b"x\ny\n")
   with pytest.raises(ValueError, match=r"different line counts.*d\.src' has 3.*d\.tgt' has 2"):
