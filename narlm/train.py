@@ -404,6 +404,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
         local_device_ids=distributed.local_device_ids)
   if train_steps < 1:
     raise ValueError(f"train_steps must be >= 1, got {train_steps}")
+  if max_train_cpu_seconds is not None and not max_train_cpu_seconds > 0:
+    raise ValueError(f"max_train_cpu_seconds must be > 0, got {max_train_cpu_seconds}")
   from etils import epath  # pylint: disable=g-import-not-at-top
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
   trainer = Trainer(model, num_model_partitions=num_model_partitions,
@@ -458,8 +460,6 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
   last_metrics: dict[str, float] = {}
   end_step = min(train_steps, stop_after_steps) if stop_after_steps else train_steps
-  if max_train_cpu_seconds is not None and max_train_cpu_seconds <= 0:
-    raise ValueError(f"max_train_cpu_seconds must be > 0, got {max_train_cpu_seconds}")
   cpu_spent_before = _train_cpu_seconds_logged(model_dir, start_step) if start_step else 0.0
   out_of_budget = False
   try:

@@ -108,8 +108,10 @@ def test_cpu_budget_stops_training_and_compare_reads_the_runs(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("gin_file", sorted(
-    p.name for p in (REPO / "narlm" / "gin" / "compare").glob("*_minilm_*.gin")))
-def test_every_compare_gin_runs_one_step(tmp_path, gin_file):
+    p.name for p in (REPO / "narlm" / "gin" / "compare").glob("*_minilm_*.gin")
+    # These two are trained by the end-to-end test above.
+    if p.name not in ("sentcomp_minilm_crf.gin", "sentcomp_minilm_ar.gin")))
+def test_every_other_compare_gin_runs_one_step(tmp_path, gin_file):
   metrics = run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *SMALL,
                            gin_file=f"narlm/gin/compare/{gin_file}")
   assert np.isfinite(metrics["train/loss"])

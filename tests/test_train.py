@@ -224,3 +224,17 @@ def test_inference_eval_with_outputs_of_different_lengths():
   rouge1 = metrics["sentcomp_bert"]["rouge1"]
   assert 0 < rouge1 < 100
   assert len(samples) == 3 and all(len(s[1].split()) <= 5 for s in samples)
+
+
+def test_cpu_budget_counts_cpu_time_logged_before_a_resume(tmp_path):
+  from narlm import train
+  assert train._train_cpu_seconds_logged(str(tmp_path), 10) == 0.0  # no log yet
+  (tmp_path / "train_metrics.jsonl").write_text(
+      '{"step": 5, "train/loss": 1.0, "train/cpu_seconds": 50.0}\n'
+      '{"step": 10, "train/loss": 1.0, "train/cpu_seconds": 100.0}\n'
+      '{"step": 15, "train/loss": 1.0, "train/cpu_seconds": 150.0}\n'  # after the checkpoint
+      '{"step": 1')  # cut short by a kill
+  assert train._train_cpu_seconds_logged(str(tmp_path), 10) == 100.0
+  assert train._train_cpu_seconds_logged(str(tmp_path), 7) == 50.0
+  with pytest.raises(ValueError, match="max_train_cpu_seconds must be > 0"):
+    run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", "--gin.MAX_TRAIN_CPU_SECONDS=0", *FAST)
