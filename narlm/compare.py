@@ -238,17 +238,19 @@ def _train_record(model_dir: str) -> dict[str, Any]:
 def compare(task_name: str, systems: Sequence[tuple[str, str, str]], *,
             alphas: Sequence[float], select_metric: Optional[str] = None,
             latency_examples: int = 100, batch_size: int = 32,
-            limit: Optional[int] = None, log=print) -> dict[str, Any]:
+            limit: Optional[int] = None, test_limit: Optional[int] = None,
+            log=print) -> dict[str, Any]:
   """Evaluates every system; returns {'metric', 'systems': {name: ...}}."""
   from narlm import serve  # pylint: disable=g-import-not-at-top
   from narlm import tasks  # pylint: disable=g-import-not-at-top
   task = tasks.get_task_or_mixture(task_name)
   dev = load_examples(task_name, "validation", limit)
-  test = load_examples(task_name, "test", limit)
+  test = load_examples(task_name, "test", test_limit or limit)
   default_metric = "bleu" if any(fn.__name__ == "bleu" for fn in task.metric_fns) else "rougeL"
   metric = select_metric or default_metric
   loaded_runs: dict[str, Any] = {}
-  report: dict[str, Any] = {"task": task_name, "metric": metric, "systems": {}}
+  report: dict[str, Any] = {"task": task_name, "metric": metric, "systems": {},
+                            "validation_examples": len(dev), "test_examples": len(test)}
   for name, model_dir, method in systems:
     if model_dir not in loaded_runs:
       loaded_runs[model_dir] = serve.load_model(model_dir)
@@ -303,6 +305,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
   parser.add_argument("--latency_examples", type=int, default=100)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--limit", type=int, help="only the first N examples per split (smoke)")
+  parser.add_argument("--test_limit", type=int,
+                      help="only the first N test examples (a documented subset)")
   parser.add_argument("--out", help="JSON file; an existing one is updated under tasks/KEY")
   args = parser.parse_args(argv)
   systems = [parse_system(s) for s in args.system]
@@ -318,7 +322,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
   t0 = time.time()
   report = compare(args.task, systems, alphas=alphas, select_metric=args.select_metric,
                    latency_examples=args.latency_examples, batch_size=args.batch_size,
-                   limit=args.limit, log=lambda m: print(m, file=sys.stderr, flush=True))
+                   limit=args.limit, test_limit=args.test_limit, log=lambda m: print(m, file=sys.stderr, flush=True))
   report["command"] = "python -m narlm.compare " + " ".join(argv)
   report["machine"] = _machine()
   report["wall_s"] = time.time() - t0
