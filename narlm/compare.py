@@ -8,6 +8,7 @@ Usage (the commands that produced BENCHMARKS.md's quality tables are there)::
       --system nar_crf_ratio_first=/tmp/cmp/sentcomp_crf:ratio_first \
       --system ar=/tmp/cmp/sentcomp_ar:greedy \
       --alphas 0.3,0.4,0.5,0.6,0.7,0.8,1.0 --out quality.json
+  python -m narlm.compare --markdown quality.json      # the tables
 
 A system is ``NAME=MODEL_DIR:METHOD``: a narlm training run directory (its
 ``config.gin`` and newest checkpoint are loaded as by ``narlm.serve``) and a
@@ -284,6 +285,43 @@ def compare(task_name: str, systems: Sequence[tuple[str, str, str]], *,
   return report
 
 
+TABLE_METRICS = {"rougeL": ("rouge1", "rouge2", "rougeL"), "bleu": ("bleu",)}
+
+
+def to_markdown(document: Mapping[str, Any]) -> str:
+  """Markdown tables (one per task) of a quality JSON written by --out."""
+  lines = []
+  for key, report in document.get("tasks", {}).items():
+    if "systems" not in report:
+      continue
+    metrics = TABLE_METRICS.get(report.get("metric"), (report.get("metric"),))
+    header = (["system", "method", "alpha", "train steps", "train CPU s"] + list(metrics) +
+              ["token F1", "repetition %", "output tokens", "latency b=1 (ms)",
+               "ms/sentence b=32", "speedup b=1 vs AR"])
+    lines += [f"**{key}** ({report.get('test_examples', '?')} test examples; "
+              f"alpha chosen on {report.get('validation_examples', '?')} validation examples)",
+              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ar = [e for e in report["systems"].values() if e.get("kind") == "ArSeq2SeqModel"]
+    ar_latency = ar[0]["latency_ms_batch1"] if ar else None
+    for name, entry in report["systems"].items():
+      test, train = entry["test"], entry.get("train", {})
+      batch_key = next((k for k in entry if k.startswith("ms_per_sentence_batch")), None)
+      row = [name, entry["method"], f"{entry['alpha']:g}" if "alpha" in entry else "",
+             str(train.get("step", "")), f"{train['train/cpu_seconds']:.0f}"
+             if "train/cpu_seconds" in train else ""]
+      row += [f"{test[m]:.2f}" for m in metrics]
+      row += [f"{test['token_f1']:.2f}", f"{test['repetition_rate']:.2f}",
+              f"{test['mean_output_tokens']:.1f}", f"{entry['latency_ms_batch1']:.1f}",
+              f"{entry[batch_key]:.1f}" if batch_key else "",
+              f"{ar_latency / entry['latency_ms_batch1']:.1f}×" if ar_latency else ""]
+      lines.append("| " + " | ".join(row) + " |")
+    ref = next(iter(report["systems"].values()))["test"].get("reference_repetition_rate")
+    if ref is not None:
+      lines += ["", f"Reference repetition rate: {ref:.2f}%."]
+    lines.append("")
+  return "\n".join(lines)
+
+
 def _machine() -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   return {"platform": platform.platform(), "python": platform.python_version(),
@@ -293,6 +331,16 @@ def _machine() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
+  if argv and argv[0] == "--markdown":
+    if len(argv) != 2:
+      raise ValueError("usage: python -m narlm.compare --markdown QUALITY.json")
+    with open(argv[1], encoding="utf-8") as f:
+      try:
+        document = json.load(f)
+      except ValueError as e:
+        raise ValueError(f"{argv[1]} is not JSON: {e}") from e
+    print(to_markdown(document))
+    return document
   parser = argparse.ArgumentParser(prog="python -m narlm.compare", description=__doc__.split(
       "\n")[0])
   parser.add_argument("--task", required=True, help="seqio task, e.g. sentcomp_bert")

@@ -100,6 +100,10 @@ def test_cpu_budget_stops_training_and_compare_reads_the_runs(tmp_path):
     assert entry["latency_ms_batch1"] > 0
     assert entry["train"]["step"] == 1
   assert report["systems"]["ar"]["kind"] == "ArSeq2SeqModel"
+  table = compare.to_markdown(document)
+  assert "**sentcomp** (6 test examples" in table
+  assert table.count("| nar_crf_ratio_first | ratio_first |") == 1
+  assert "| ar | greedy |" in table and "1.0×" in table  # AR vs itself
   # Ratio-first with alpha 0.5 keeps floor(0.5 n) + 2 positions: never more.
   with pytest.raises(ValueError, match="needs an AR run"):
     compare.main(["--task", "sentcomp_bert", "--limit", "2",
