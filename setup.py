@@ -29,16 +29,21 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
 ]
 
+# torch CPU + transformers are test/benchmark-only: the HF numerics tests and
+# `python -m narlm.bench` compare narlm's encoder against transformers.BertModel.
+TORCH_REQUIRES = ["torch==2.13.0", "transformers==5.23.0"]
+# `python -m narlm.plots` (PNGs of the bench and quality results).
+PLOT_REQUIRES = ["matplotlib==3.11.2"]
+
 EXTRAS_REQUIRE = {
-    # torch CPU + transformers are test/benchmark-only: the HF numerics tests
-    # compare narlm's encoder against transformers.BertModel.
     "test": [
         "pytest==9.2.0",
-        "torch==2.13.0",
-        "transformers==5.23.0",
+        *TORCH_REQUIRES,
+        *PLOT_REQUIRES,
         # drives Debian's chromium (no browser download) in the demo-page test
         "playwright==1.65.2",
     ],
+    "bench": [*TORCH_REQUIRES, *PLOT_REQUIRES],
 }
 
 setuptools.setup(

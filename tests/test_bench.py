@@ -1,4 +1,5 @@
-"""narlm.bench --quick: the JSON has every expected key and sane ratios.
+"""narlm.bench --quick: the JSON has every expected key and sane ratios; the
+full preset's extra contenders run at toy sizes.
 
 Only the structure is checked, never the speed (the machine may be shared).
 """
@@ -11,7 +12,8 @@ import pytest
 
 from narlm import bench
 
-# ~2 minutes of compiling on 2 cores: in CI's slow pass, not the default suite.
+# ~3 minutes of compiling on 2 busy cores (--quick, then the toy full preset):
+# in CI's slow pass, not the default suite.
 pytestmark = pytest.mark.slow
 
 
@@ -58,16 +60,24 @@ def test_every_expected_key(result):
   preset = bench.PRESETS["quick"]
   assert set(cells) == {f"batch_{b}_length_{n}" for b in preset["batches"]
                         for n in preset["lengths"]}
+  # Quick runs the contenders of the headline speedups only (module docstring).
+  methods = set(preset["decode_methods"])
+  assert methods == set(bench.REQUIRED_DECODE_METHODS)
+  nar = methods & set(bench.NAR_METHODS)
+  ar = methods & set(bench.AR_METHODS)
+  assert set(res["decode"]["methods"]) == methods
+  assert set(res["decode"]["ar_decoder_layers"]) == ar
   for cell in cells.values():
-    assert set(cell["methods"]) == set(bench.NAR_METHODS + bench.AR_METHODS)
+    assert set(cell["methods"]) == methods
     for timing in cell["methods"].values():
       for key in ("median_ms", "min_ms", "max_ms", "repeats", "compile_s", "tokens_per_s"):
         assert key in timing
-    assert set(cell["speedup"]) == set(bench.AR_METHODS)
+    assert set(cell["speedup"]) == ar == {"ar_greedy"}
     for per_ar in cell["speedup"].values():
-      assert set(per_ar) == set(bench.NAR_METHODS)
-    # The bench-local truncated ratio-first must decode exactly like narlm's.
-    assert cell["truncated_matches_ratio_first"] is True
+      assert set(per_ar) == nar == {"nar_argmax", "nar_crf_viterbi", "nar_crf_ratio_first"}
+    assert "truncated_matches_ratio_first" not in cell
+  for key in cells:
+    assert set(res["summary"][f"decode_{key}_speedup_vs_ar_greedy"]) == nar
   for name in ("with_crf", "without_crf"):
     assert "median_ms" in res["train"][name]
   for cell in res["crf_forward"]["cells"].values():
@@ -75,8 +85,17 @@ def test_every_expected_key(result):
     for part in ("full", "core"):
       if part in cell:
         assert {"scan", "parallel", "parallel_over_scan_ratio"} <= set(cell[part])
+  enc = res["encoder_vs_torch"]
   for name in ("narlm", "torch"):
-    assert "median_ms" in res["encoder_vs_torch"][name]
+    assert "median_ms" in enc[name]
+  # Quick: PyTorch with sdpa attention and 1 thread only (module docstring).
+  assert set(enc["attn_implementation"]) == {"torch_sdpa_1t"}
+  assert enc["torch"]["variant"] == "torch_sdpa_1t"
+  for key in ("train_crf_overhead", "encoder_narlm_over_torch_ratio",
+              "pipeline_over_trainer_ratio"):
+    assert key in res["summary"]
+  assert any(k.startswith("crf_") and k.endswith("_parallel_over_scan_ratio")
+             for k in res["summary"])
   for target in res["targets"].values():
     assert {"value", "threshold", "passed"} <= set(target)
     assert isinstance(target["passed"], bool)
@@ -91,6 +110,86 @@ def test_ratios_finite_and_positive(result):
     assert math.isfinite(value) and value > 0, f"{'.'.join(path)} = {value}"
   for target in res["targets"].values():
     assert target["value"] is not None and math.isfinite(target["value"])
+
+
+def test_full_preset_code_paths_at_toy_sizes(tmp_path, monkeypatch):
+  """The full preset's contenders that --quick leaves out (truncated
+  ratio-first, shallow AR, eager attention, matched torch threads, CRF core
+  cells, compiled initializers) run, at toy sizes."""
+  toy = dict(bench.PRESETS["full"], size="tiny", vocab_size=1024, lengths=(16,), batches=(1,),
+             crf_lengths=(8,), crf_full_beams=(4,), crf_core_beams=(4,), crf_tokens=16,
+             encoder_batch=2, encoder_length=8, crf_beam_size=4, cell_budget_s=0.5)
+  monkeypatch.setitem(bench.PRESETS, "full", toy)
+  res = bench.main(["--sections", "decode,crf_forward,encoder_vs_torch",
+                    "--out", str(tmp_path / "toy.json")])
+  for section in ("decode", "crf_forward", "encoder_vs_torch"):
+    assert "error" not in res[section], res[section].get("traceback")
+  cell = res["decode"]["cells"]["batch_1_length_16"]
+  assert set(cell["methods"]) == set(bench.NAR_METHODS + bench.AR_METHODS)
+  assert set(cell["speedup"]) == set(bench.AR_METHODS)
+  for per_ar in cell["speedup"].values():
+    assert set(per_ar) == set(bench.NAR_METHODS)
+  # The bench-local truncated ratio-first must decode exactly like narlm's.
+  assert cell["truncated_matches_ratio_first"] is True
+  assert res["decode"]["ar_decoder_layers"]["ar_greedy_shallow"] == 1
+  assert {"full", "core"} <= set(res["crf_forward"]["cells"]["T8_K4"])
+  enc = res["encoder_vs_torch"]
+  threads = bench.cpu_threads()
+  assert set(enc["attn_implementation"]) == {f"torch_{impl}_{nt}t" for impl in ("sdpa", "eager")
+                                             for nt in {1, threads}}
+  assert "torch_matched_threads" in enc and "narlm_over_torch_matched_threads_ratio" in enc
+  targets = res["targets"]
+  assert {"vs_shallow_ar", "with_truncation_fix"} <= set(
+      targets["ratio_first_10x_faster_than_ar_b1_L64"])
+  assert "vs_matched_threads" in targets["encoder_no_slower_than_torch"]
+  assert "decode_batch_1_length_16_speedup_vs_ar_shallow" in res["summary"]
+  assert res["meta"]["compile_phase_s"] > 0
+
+
+def test_full_preset_measures_every_contender():
+  full = bench.PRESETS["full"]
+  assert bench.decode_methods(full) == bench.NAR_METHODS + bench.AR_METHODS
+  assert tuple(full["torch_attn_implementations"]) == bench.TORCH_ATTN_IMPLEMENTATIONS
+  assert tuple(full["torch_threads"]) == bench.TORCH_THREADS
+  assert full["compiled_init"] is True
+  with pytest.raises(ValueError, match="required"):
+    bench.decode_methods({"decode_methods": ("nar_argmax", "ar_greedy")})
+  with pytest.raises(ValueError, match="unknown"):
+    bench.decode_methods({"decode_methods": bench.REQUIRED_DECODE_METHODS + ("nar_beam",)})
+
+
+def test_truncated_ratio_first_decodes_like_ratio_first():
+  """The full preset's bench-local variant (not run by --quick) must return
+  exactly narlm's ratio-first tokens."""
+  import jax
+  import numpy as np
+  model = bench.make_nar_model("tiny", 2048, beam=8)
+  params = bench.init_params(model)
+  tokens = bench.random_tokens(np.random.default_rng(0), 2, 24, 2048)
+  # Rows of different lengths: ratio-first's limit depends on n.
+  tokens = tokens.at[1, 15:].set(bench.PAD_ID)
+  ref = jax.jit(bench.nar_predict_fn(model, "ratio_first"))(params, tokens)
+  trunc = jax.jit(bench.nar_ratio_first_truncated_fn(model))(params, tokens)
+  np.testing.assert_array_equal(np.asarray(ref[0]), np.asarray(trunc[0]))
+  np.testing.assert_array_equal(np.asarray(ref[1]["length"]), np.asarray(trunc[1]["length"]))
+
+
+def test_numpy_params_match_the_initializer():
+  """--quick's compile-free parameters have the initializer's tree, shapes and dtypes."""
+  import jax
+  import numpy as np
+  model = bench.make_nar_model("tiny", 512, beam=4)
+  ref = bench.init_params(model)
+  fast = bench.init_params(model, compiled=False)
+  assert jax.tree_util.tree_structure(ref) == jax.tree_util.tree_structure(fast)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref),
+                          jax.tree_util.tree_leaves(fast)):
+    assert (a.shape, a.dtype) == (b.shape, b.dtype), jax.tree_util.keystr(path)
+    name = str(getattr(path[-1], "key", ""))
+    if name == "scale":
+      assert np.all(np.asarray(b) == 1)
+    elif name == "bias":
+      assert np.all(np.asarray(b) == 0)
 
 
 def test_static_ratio_first_bound_covers_the_mask():
