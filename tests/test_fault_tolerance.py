@@ -71,7 +71,8 @@ COMMON_ARGS = [
     "--gin_bindings=from narlm import train as train_lib",
     "--gin.train_lib.train.eval_dataset_cfg=None",
 ]
-IGNORED_METRICS = {"step", "train/steps_per_sec"}
+# Timing metrics differ between runs by nature.
+IGNORED_METRICS = {"step", "train/steps_per_sec", "train/cpu_seconds"}
 RESUME_RE = re.compile(r"resuming from .* step (\d+)\s*$", re.MULTILINE)
 COMMITTED_RE = re.compile(r"Finished saving checkpoint \(finalized tmp dir\) to `[^`]*/(\d+)`")
 
