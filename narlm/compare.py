@@ -138,17 +138,13 @@ class Decoder:
 
     self._predict = jax.jit(predict, static_argnames=("alpha",))
 
-  def _bucket(self, n: int) -> int:
-    for b in self.buckets:
-      if n <= b:
-        return b
-    return self.buckets[-1]
-
   def __call__(self, inputs: Sequence[Sequence[int]], alpha: Optional[float] = None
                ) -> list[list[int]]:
     """One padded batch -> output id lists (cut at the first eos)."""
     import jax  # pylint: disable=g-import-not-at-top
-    length = self._bucket(max(len(x) for x in inputs))
+    from narlm import decoding  # pylint: disable=g-import-not-at-top
+    # Callers truncate inputs to max_length, the largest bucket.
+    length = decoding.bucket(max(len(x) for x in inputs), self.buckets)
     tokens = np.full((len(inputs), length), self.pad_id, np.int32)
     for r, ids in enumerate(inputs):
       tokens[r, :len(ids)] = ids
