@@ -181,6 +181,25 @@ def load_avg() -> list[float]:
     return [float("nan")] * 3
 
 
+def malloc_in_use() -> str:
+  """Which allocator the process uses: 'tcmalloc', 'jemalloc' or 'glibc'.
+
+  It matters on CPU: XLA allocates its temporaries per call and glibc's
+  malloc hands large ones back to the kernel, so every step page-faults them
+  in again (~80k minor faults per small-encoder train step); a preloaded
+  tcmalloc keeps them (see BENCHMARKS.md).
+  """
+  try:
+    with open("/proc/self/maps") as f:
+      maps = f.read()
+  except OSError:  # not Linux
+    return "unknown"
+  for name in ("tcmalloc", "jemalloc"):
+    if f"lib{name}" in maps:
+      return name
+  return "glibc"
+
+
 def cpu_threads() -> int:
   try:
     return len(os.sched_getaffinity(0))
@@ -1014,7 +1033,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       "versions": {"python": platform.python_version(), "jax": jax.__version__,
                    "flax": flax.__version__, "optax": optax.__version__},
       "devices": [str(d) for d in jax.devices()], "cpu_threads": cpu_threads(),
-      "platform": platform.platform(), "load_avg_start": load_avg(),
+      "malloc": malloc_in_use(), "platform": platform.platform(), "load_avg_start": load_avg(),
       "start_time": time.strftime("%Y-%m-%dT%H:%M:%S"),
       "notes": [
           "times are warm medians (block_until_ready); every section's programs are "

@@ -200,3 +200,26 @@ def test_static_ratio_first_bound_covers_the_mask():
       keep = bench.ratio_first_static_length(alpha, length)
       mask = decoding.ratio_first_mask(jnp.ones((1, length), jnp.int32), alpha)
       assert int(mask.sum()) == keep
+
+
+def test_meta_names_the_allocator(result):
+  assert result["meta"]["malloc"] in ("glibc", "tcmalloc", "jemalloc", "unknown")
+
+
+@pytest.mark.parametrize("preload", ["", "tcmalloc", "jemalloc"])
+def test_malloc_in_use_sees_a_preloaded_allocator(preload):
+  import glob
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ)
+  env.pop("LD_PRELOAD", None)
+  if preload:
+    libs = glob.glob(f"/usr/lib/*/lib{preload}*.so*") + glob.glob(f"/usr/lib/lib{preload}*.so*")
+    if not libs:
+      pytest.skip(f"lib{preload} is not installed")
+    env["LD_PRELOAD"] = sorted(libs)[0]
+  out = subprocess.run(
+      [sys.executable, "-c", "from narlm import bench; print(bench.malloc_in_use())"],
+      env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+  assert out == (preload or "glibc")
