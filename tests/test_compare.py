@@ -44,6 +44,9 @@ SMALL = ["--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}", "--gin.BATC
          "--gin.EVAL_STEPS=1"]
 
 
+# Trains two MiniLM runs (~3 min on 2 cores): CI's slow pass, keeping the
+# default suite under its ~15 min budget.
+@pytest.mark.slow
 def test_cpu_budget_stops_training_and_compare_reads_the_runs(tmp_path):
   """The two sentcomp comparison gins (NAR+CRF, BERT2BERT AR from MiniLM)
   warm-start as documented and train under a CPU budget that stops them
