@@ -47,12 +47,11 @@ import jax.numpy as jnp
 
 from narlm import decoding
 from narlm import losses
+from narlm.model_base import Batch, GeneratorModel, PyTree, check_encoder_input
 from narlm.model_metrics import average_metric
 from narlm.modules.decoder import TransformerDecoder
 from narlm.modules.encoder import BertConfig, BertWithHead
 
-Batch = Mapping[str, jnp.ndarray]
-PyTree = Any
 
 GREEDY_DECODE_METHODS = (None, "greedy", "argmax")
 
@@ -123,11 +122,7 @@ class ArSeq2SeqNetwork(nn.Module):
 # -------------------------------------------------------------------- model
 def check_batch(batch: Batch, need_targets: bool = True) -> None:
   """Clear errors for a malformed batch (static shapes, so fine under jit)."""
-  if "encoder_input_tokens" not in batch:
-    raise KeyError(f"batch has no 'encoder_input_tokens' (features: {sorted(batch)})")
-  tokens = batch["encoder_input_tokens"]
-  if tokens.ndim != 2:
-    raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {tokens.shape}")
+  tokens = check_encoder_input(batch)
   if not need_targets:
     return
   if "decoder_target_tokens" not in batch:
@@ -213,7 +208,7 @@ def greedy_decode(module: ArSeq2SeqNetwork, params: PyTree, encoder_input_tokens
   return tokens, scores
 
 
-class ArSeq2SeqModel:
+class ArSeq2SeqModel(GeneratorModel):
   """Autoregressive encoder-decoder with NagBertModel's (t5x BaseModel) interface.
 
   Attributes:
@@ -232,16 +227,10 @@ class ArSeq2SeqModel:
     module.decoder_layers  # pylint: disable=pointless-statement  (validates the depth)
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    self.module = module
-    self.input_vocabulary = input_vocabulary
-    self.output_vocabulary = output_vocabulary
-    self.optimizer_def = optimizer_def
+    super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
+                     why_eos="AR decoding stops at eos")
     self.label_smoothing = label_smoothing
     self.init_decoder_from_encoder = init_decoder_from_encoder
-    if output_vocabulary.eos_id is None:
-      raise ValueError("the output vocabulary has no eos id; AR decoding stops at eos")
-    self.eos_id = int(output_vocabulary.eos_id)
-    self.pad_id = int(getattr(output_vocabulary, "pad_id", 0) or 0)
     if self.eos_id == self.pad_id:
       raise ValueError(f"eos_id and pad_id must differ (pad is also BOS), both are {self.pad_id}")
     if self.pad_id != module.config.pad_id:
@@ -249,14 +238,6 @@ class ArSeq2SeqModel:
                        f"{module.config.pad_id}")
     # BOS = pad, as in t5x (decoder inputs are the targets shifted right).
     self.bos_id = self.pad_id
-
-  # t5x reads FEATURE_CONVERTER_CLS from the instance and calls it with
-  # (pack=..., use_custom_packing_ops=...): bind our eos id here.
-  @property
-  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
-    # Imported here: seqio/TensorFlow are only needed for data pipelines.
-    from narlm.feature_converters import NarFeatureConverter  # pylint: disable=g-import-not-at-top
-    return functools.partial(NarFeatureConverter, eos_id=self.eos_id, pad_id=self.pad_id)
 
   # ------------------------------------------------------------------ init
   def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, tuple],
@@ -312,14 +293,7 @@ class ArSeq2SeqModel:
       metrics["token_nll"] = average_metric(loss)
     return loss, metrics
 
-  def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
-    return self.loss_fn(params, batch, dropout_rng=None)
-
   # ------------------------------------------------------------- inference
-  def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
-                    **kwargs) -> jnp.ndarray:
-    return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
-
   def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
                              *, max_decode_length: Optional[int] = None,
                              decode_method: Optional[str] = None,
@@ -386,8 +360,7 @@ class ArSeq2SeqModel:
     initialised from the loaded encoder as well (see
     `copy_encoder_into_decoder`); otherwise it keeps its initial values.
     """
-    from narlm.models import NagBertModel  # pylint: disable=g-import-not-at-top
-    params = NagBertModel.warm_start_from_hf_bert(self, params, checkpoint)
+    params = super().warm_start_from_hf_bert(params, checkpoint)
     if self.init_decoder_from_encoder:
       params = copy_encoder_into_decoder(params)
     return params

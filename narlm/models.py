@@ -9,7 +9,6 @@ it while narlm itself never imports t5x.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, MutableMapping, Optional
 
 import clu.metrics as clu_metrics
@@ -18,21 +17,14 @@ import jax.numpy as jnp
 
 from narlm import decoding
 from narlm import losses
+from narlm.model_base import Batch, GeneratorModel, PyTree, check_encoder_input
 from narlm.model_metrics import average_metric
-from narlm.feature_converters import NarFeatureConverter
 from narlm.modules.network import NagBertNetwork
-
-Batch = Mapping[str, jnp.ndarray]
-PyTree = Any
 
 
 def check_batch(batch: Batch, need_targets: bool = True) -> None:
   """Clear errors for a malformed batch (static shapes, so fine under jit)."""
-  if "encoder_input_tokens" not in batch:
-    raise KeyError(f"batch has no 'encoder_input_tokens' (features: {sorted(batch)})")
-  tokens = batch["encoder_input_tokens"]
-  if tokens.ndim != 2:
-    raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {tokens.shape}")
+  tokens = check_encoder_input(batch)
   if need_targets:
     if "decoder_target_tokens" not in batch:
       raise KeyError(f"batch has no 'decoder_target_tokens' (features: {sorted(batch)})")
@@ -44,7 +36,7 @@ def check_batch(batch: Batch, need_targets: bool = True) -> None:
             "must be padded to the same length (use NarFeatureConverter)")
 
 
-class NagBertModel:
+class NagBertModel(GeneratorModel):
   """Non-autoregressive generator (NAG-BERT) with a dynamic CRF.
 
   Attributes:
@@ -52,6 +44,7 @@ class NagBertModel:
     input_vocabulary / output_vocabulary: seqio vocabularies (usually equal).
     optimizer_def: whatever the trainer optimises with (an optax
       GradientTransformation for narlm's trainer, a t5x optimizer for t5x).
+    eos_id / pad_id: of the output vocabulary.
     token_nll_weight: lambda in  CRF NLL + lambda * token NLL.
     label_smoothing, unlikelihood_weight, unlikelihood_window: see losses.
     decode_method: default for prediction: 'viterbi', 'argmax' or
@@ -64,10 +57,8 @@ class NagBertModel:
                label_smoothing: float = 0.0, unlikelihood_weight: float = 0.0,
                unlikelihood_window: int = 2, decode_method: str = "viterbi",
                ratio_first_alpha: Optional[float] = None):
-    self.module = module
-    self.input_vocabulary = input_vocabulary
-    self.output_vocabulary = output_vocabulary
-    self.optimizer_def = optimizer_def
+    super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
+                     why_eos="NAG-BERT targets end in two eos")
     self.token_nll_weight = token_nll_weight
     self.label_smoothing = label_smoothing
     self.unlikelihood_weight = unlikelihood_weight
@@ -76,16 +67,6 @@ class NagBertModel:
     if decode_method == "ratio_first" and ratio_first_alpha is None:
       raise ValueError("decode_method='ratio_first' needs ratio_first_alpha")
     self.ratio_first_alpha = ratio_first_alpha
-    if output_vocabulary.eos_id is None:
-      raise ValueError("the output vocabulary has no eos id; NAG-BERT targets end in two eos")
-    self.eos_id = int(output_vocabulary.eos_id)
-    self.pad_id = int(getattr(output_vocabulary, "pad_id", 0) or 0)
-
-  # t5x reads FEATURE_CONVERTER_CLS from the instance and calls it with
-  # (pack=..., use_custom_packing_ops=...): bind our eos id here.
-  @property
-  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
-    return functools.partial(NarFeatureConverter, eos_id=self.eos_id, pad_id=self.pad_id)
 
   # ------------------------------------------------------------------ init
   def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, tuple],
@@ -136,14 +117,7 @@ class NagBertModel:
     metrics.update({name: average_metric(value) for name, value in aux.items()})
     return loss, metrics
 
-  def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
-    return self.loss_fn(params, batch, dropout_rng=None)
-
   # ------------------------------------------------------------- inference
-  def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
-                    **kwargs) -> jnp.ndarray:
-    return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
-
   def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
                              *, decode_method: Optional[str] = None,
                              alpha: Optional[float] = None, return_all_decodes: bool = False,
@@ -217,24 +191,3 @@ class NagBertModel:
       return self._crf_log_likelihood(params, logits, targets, weights > 0)
     return -losses.token_nll(logits, targets, weights).sum(axis=-1)
 
-  # ------------------------------------------------------------ warm start
-  def warm_start_from_hf_bert(self, params: PyTree, checkpoint: str) -> PyTree:
-    """Overlays a Hugging Face BERT checkpoint onto initialised params.
-
-    The encoder (and the MLM head, when the checkpoint has one) are loaded;
-    the CRF and anything the checkpoint lacks keep their initial values.
-    Raises ValueError when the checkpoint's architecture does not match the
-    model's (e.g. a different hidden size or vocabulary).
-    """
-    import logging  # pylint: disable=g-import-not-at-top
-    from narlm import hf_bert  # pylint: disable=g-import-not-at-top
-    hf_config, loaded = hf_bert.load_hf_bert(checkpoint)
-    ours = self.module.config
-    for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
-      if getattr(hf_config, field) != getattr(ours, field):
-        raise ValueError(
-            f"checkpoint {checkpoint} has {field}={getattr(hf_config, field)} but the model "
-            f"has {field}={getattr(ours, field)}; use the matching model gin")
-    merged, report = hf_bert.merge_pretrained(params["bert"], loaded)
-    logging.info("warm start from %s: %s", checkpoint, report)
-    return dict(params, bert=merged)

@@ -12,26 +12,10 @@ import pytest
 from narlm import ar_models
 from narlm import partitioning
 from narlm.modules import encoder
+from toy_data import EOS, PAD, IdVocabulary, random_batch
 
-PAD, EOS = 0, 1
 VOCAB = 20
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-class IdVocabulary:
-  """Minimal vocabulary over integer ids (pad 0) for unit tests."""
-  pad_id = PAD
-  unk_id = 2
-
-  def __init__(self, size, eos_id=EOS):
-    self.vocab_size = size
-    self.eos_id = eos_id
-
-  def encode(self, text):
-    return [int(t) for t in text.split()]
-
-  def decode(self, ids):
-    return " ".join(str(i) for i in ids)
 
 
 def make_model(vocab_size=VOCAB, decoder_layers=2, eos_id=EOS, optimizer=None, **overrides):
@@ -46,18 +30,7 @@ def make_model(vocab_size=VOCAB, decoder_layers=2, eos_id=EOS, optimizer=None, *
 
 
 def toy_batch(b=16, src_len=8, tgt_len=8, seed=0):
-  rng = np.random.default_rng(seed)
-  src = rng.integers(2, VOCAB, size=(b, src_len)).astype(np.int32)
-  src[0, 5:] = PAD
-  tgt = np.zeros((b, tgt_len), np.int32)
-  weights = np.zeros((b, tgt_len), np.float32)
-  for i in range(b):
-    m = rng.integers(1, tgt_len - 2)
-    tgt[i, :m] = rng.integers(2, VOCAB, size=m)
-    tgt[i, m:m + 2] = EOS
-    weights[i, :m + 2] = 1.0
-  return {"encoder_input_tokens": jnp.asarray(src), "decoder_target_tokens": jnp.asarray(tgt),
-          "decoder_loss_weights": jnp.asarray(weights)}
+  return random_batch(b, src_len, tgt_len, VOCAB, first_id=2, seed=seed)
 
 
 @functools.lru_cache(maxsize=None)

@@ -11,24 +11,7 @@ import pytest
 from narlm import models
 from narlm.modules import encoder
 from narlm.modules.network import NagBertNetwork
-
-PAD, EOS = 0, 1
-
-
-class IdVocabulary:
-  """Minimal vocabulary over integer ids (pad 0, eos 1) for unit tests."""
-  pad_id = PAD
-  eos_id = EOS
-  unk_id = 2
-
-  def __init__(self, size):
-    self.vocab_size = size
-
-  def encode(self, text):
-    return [int(t) for t in text.split()]
-
-  def decode(self, ids):
-    return " ".join(str(i) for i in ids)
+from toy_data import EOS, PAD, IdVocabulary, random_batch
 
 
 def make_model(vocab_size=20, use_crf=True, size="tiny", optimizer=None, **kwargs):
@@ -39,18 +22,7 @@ def make_model(vocab_size=20, use_crf=True, size="tiny", optimizer=None, **kwarg
 
 
 def toy_batch(b=3, length=8, vocab=20, seed=0):
-  rng = np.random.default_rng(seed)
-  src = rng.integers(3, vocab, size=(b, length)).astype(np.int32)
-  src[0, 5:] = PAD
-  tgt = np.zeros((b, length), np.int32)
-  weights = np.zeros((b, length), np.float32)
-  for i in range(b):
-    m = rng.integers(1, length - 2)
-    tgt[i, :m] = rng.integers(3, vocab, size=m)
-    tgt[i, m:m + 2] = EOS
-    weights[i, :m + 2] = 1.0
-  return {"encoder_input_tokens": jnp.asarray(src), "decoder_target_tokens": jnp.asarray(tgt),
-          "decoder_loss_weights": jnp.asarray(weights)}
+  return random_batch(b, length, length, vocab, first_id=3, seed=seed)
 
 
 def test_initial_variables_have_axes_for_every_param():

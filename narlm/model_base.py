@@ -1,0 +1,89 @@
+"""What `NagBertModel` and `ArSeq2SeqModel` share.
+
+Both implement t5x's `BaseModel` contract by duck typing; the parts of it
+that do not depend on the network (vocabularies and their eos/pad ids, the
+feature converter, `eval_fn`, `predict_batch`, the BERT warm start and the
+encoder-input checks) live here once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Mapping, MutableMapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+Batch = Mapping[str, jnp.ndarray]
+PyTree = Any
+
+
+def check_encoder_input(batch: Batch) -> jnp.ndarray:
+  """Returns ``encoder_input_tokens`` [batch, length]; clear errors otherwise."""
+  if "encoder_input_tokens" not in batch:
+    raise KeyError(f"batch has no 'encoder_input_tokens' (features: {sorted(batch)})")
+  tokens = batch["encoder_input_tokens"]
+  if tokens.ndim != 2:
+    raise ValueError(f"encoder_input_tokens must be [batch, length], got shape {tokens.shape}")
+  return tokens
+
+
+class GeneratorModel:
+  """Base of narlm's model classes (subclasses define the network glue:
+  `loss_fn`, `predict_batch_with_aux`, `score_batch`, `get_initial_variables`).
+
+  Attributes:
+    module: the Flax network; its parameters have a ``bert`` subtree.
+    input_vocabulary / output_vocabulary: seqio vocabularies (usually equal).
+    optimizer_def: whatever the trainer optimises with (an optax
+      GradientTransformation for narlm's trainer, a t5x optimizer for t5x).
+    eos_id / pad_id: of the output vocabulary.
+  """
+
+  def __init__(self, module: Any, input_vocabulary, output_vocabulary,
+               optimizer_def: Any = None, *, why_eos: str):
+    """``why_eos`` completes the error raised when the vocabulary has no eos."""
+    self.module = module
+    self.input_vocabulary = input_vocabulary
+    self.output_vocabulary = output_vocabulary
+    self.optimizer_def = optimizer_def
+    if output_vocabulary.eos_id is None:
+      raise ValueError(f"the output vocabulary has no eos id; {why_eos}")
+    self.eos_id = int(output_vocabulary.eos_id)
+    self.pad_id = int(getattr(output_vocabulary, "pad_id", 0) or 0)
+
+  # t5x reads FEATURE_CONVERTER_CLS from the instance and calls it with
+  # (pack=..., use_custom_packing_ops=...): bind our eos id here.
+  @property
+  def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
+    # Imported here: seqio/TensorFlow are only needed for data pipelines.
+    from narlm.feature_converters import NarFeatureConverter  # pylint: disable=g-import-not-at-top
+    return functools.partial(NarFeatureConverter, eos_id=self.eos_id, pad_id=self.pad_id)
+
+  def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
+    return self.loss_fn(params, batch, dropout_rng=None)  # pytype: disable=attribute-error
+
+  def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
+                    **kwargs) -> jnp.ndarray:
+    return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]  # pytype: disable=attribute-error
+
+  def warm_start_from_hf_bert(self, params: PyTree, checkpoint: str) -> PyTree:
+    """Overlays a Hugging Face BERT checkpoint onto the ``bert`` subtree.
+
+    The encoder (and the MLM head, when the checkpoint has one) are loaded;
+    everything else (CRF, decoder) keeps its initial values. Raises
+    ValueError when the checkpoint's architecture does not match the
+    model's (e.g. a different hidden size or vocabulary).
+    """
+    from narlm import hf_bert  # pylint: disable=g-import-not-at-top
+    hf_config, loaded = hf_bert.load_hf_bert(checkpoint)
+    ours = self.module.config
+    for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+      if getattr(hf_config, field) != getattr(ours, field):
+        raise ValueError(
+            f"checkpoint {checkpoint} has {field}={getattr(hf_config, field)} but the model "
+            f"has {field}={getattr(ours, field)}; use the matching model gin")
+    merged, report = hf_bert.merge_pretrained(params["bert"], loaded)
+    logging.info("warm start from %s: %s", checkpoint, report)
+    return dict(params, bert=merged)
