@@ -203,7 +203,8 @@ def test_static_ratio_first_bound_covers_the_mask():
 
 
 def test_meta_names_the_allocator(result):
-  assert result["meta"]["malloc"] in ("glibc", "tcmalloc", "jemalloc", "unknown")
+  _, res = result
+  assert res["meta"]["malloc"] in ("glibc", "tcmalloc", "jemalloc", "unknown")
 
 
 @pytest.mark.parametrize("preload", ["", "tcmalloc", "jemalloc"])
