@@ -31,8 +31,8 @@ Sections (see `SCHEMA` below for the keys):
      that statically slices the positions ratio-first can ever decode
      (n <= L, so floor(alpha L) + 2 is a static bound) before the output
      head and the CRF, checked to return the same tokens. NagBertModel's
-     ratio-first does the same since 2026-11-23 (docs/bench_small_cpu.json,
-     measured just before, shows the gain); the two should now time alike;
+     ratio-first does the same since 2026-11-23, so the two time alike
+     (docs/bench_small_cpu.json); it stays as an independent cross-check;
    * ``ar_greedy``: ArSeq2SeqModel's KV-cache greedy decoding
      (`narlm.ar_models.greedy_decode`), decoder as deep as the encoder;
    * ``ar_greedy_shallow``: the same with a 1-layer decoder (Kasai et al.).
@@ -356,12 +356,6 @@ def synthetic_train_batch(rng: np.random.Generator, batch: int, length: int,
           "decoder_loss_weights": weights}
 
 
-def ratio_first_static_length(alpha: float, length: int) -> int:
-  """Static bound of the positions ratio-first decodes: floor(alpha L) + 2
-  (n <= L, and decoding.ratio_first_mask computes the limit in float32)."""
-  return min(length, int(np.floor(np.float32(alpha) * np.float32(length))) + 2)
-
-
 # ------------------------------------------------------------------- models
 def bert_cfg(size: str, vocab: int, dropout: float = 0.1):
   from narlm.modules import encoder  # pylint: disable=g-import-not-at-top
@@ -452,7 +446,7 @@ def nar_ratio_first_truncated_fn(model, alpha: float = RATIO_FIRST_ALPHA):
 
   def fn(params, tokens):
     length = tokens.shape[1]
-    t_keep = ratio_first_static_length(alpha, length)
+    t_keep = decoding.ratio_first_positions(length, alpha)
     out, scores, mask = model.module.apply({"params": params}, tokens, t_keep,
                                            method=apply_fn)
     out, lengths = decoding.cut_at_first_eos(out, model.eos_id, model.pad_id, mask)
@@ -548,6 +542,7 @@ def prepare_decode(p: Mapping[str, Any], vocab: int, rng: np.random.Generator) -
 
 def measure_decode(p: Mapping[str, Any], prep: Mapping[str, Any], done: Mapping[Any, Any],
                    timing: Mapping[Any, dict]) -> dict:
+  from narlm import decoding  # pylint: disable=g-import-not-at-top
   methods_run = decode_methods(p)
   nar_methods = [m for m in methods_run if m in NAR_METHODS]
   ar_methods = [m for m in methods_run if m in AR_METHODS]
@@ -575,14 +570,13 @@ def measure_decode(p: Mapping[str, Any], prep: Mapping[str, Any], done: Mapping[
       methods[name] = dict(stats(times[name], items), **compile_info(compile_s[name]))
       methods[name]["tokens_per_s"] = methods[name].pop("items_per_s")
     speedup = {}
+    positions = decoding.ratio_first_positions(length, RATIO_FIRST_ALPHA)
     for a in ar_methods:
       speedup[a] = {m: ratio(times[a], times[m]) for m in nar_methods}
     cells[key] = {
         "batch": batch, "length": length, "methods": methods, "speedup": speedup,
-        "ratio_first_positions_decoded": ratio_first_static_length(RATIO_FIRST_ALPHA,
-                                                                   length),
-        "ratio_first_fraction_decoded": ratio_first_static_length(RATIO_FIRST_ALPHA,
-                                                                  length) / length,
+        "ratio_first_positions_decoded": positions,
+        "ratio_first_fraction_decoded": positions / length,
     }
     if "nar_crf_ratio_first_truncated" in outs:
       ref, trunc = outs["nar_crf_ratio_first"], outs["nar_crf_ratio_first_truncated"]
