@@ -1116,7 +1116,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except ValueError as e:  # bad arguments (e.g. an unknown section), named in the message
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   # Everything is written (the --out file is closed): skip the interpreter's
   # teardown of TensorFlow and PyTorch, ~3 s on 2 cores.
   sys.stdout.flush()

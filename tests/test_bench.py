@@ -225,3 +225,13 @@ def test_malloc_in_use_sees_a_preloaded_allocator(preload):
       [sys.executable, "-c", "from narlm import bench; print(bench.malloc_in_use())"],
       env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
   assert out == (preload or "glibc")
+
+
+def test_unknown_section_is_a_one_line_error():
+  import subprocess
+  import sys
+  proc = subprocess.run([sys.executable, "-m", "narlm.bench", "--sections", "decode,nosuch"],
+                        capture_output=True, text=True)
+  assert proc.returncode == 2
+  assert "error: unknown sections ['nosuch']" in proc.stderr
+  assert "Traceback" not in proc.stderr
