@@ -10,6 +10,12 @@ s_t(v) and a transition matrix M [V, V]:
 Two approximations make this tractable for a 30k vocabulary:
 
 * low rank: M = E1 @ E2^T with E1, E2 [V, R]; M[a, b] = e1[a] . e2[b].
+  Optionally plus a learned diagonal d [V] ("self transition"):
+  M[a, b] = e1[a] . e2[b] + [a == b] d[a].  A rank-R product cannot express
+  a vocabulary-wide "do not repeat the previous token" (that needs a full-rank
+  -c * I); the diagonal adds it for V extra parameters.  Every function
+  taking (e1, e2) takes it as the keyword ``self_transition`` ([V] float or
+  None = no diagonal).
 * beam: Z is summed only over paths whose token at each position is among the
   K tokens with the highest emission at that position.  In training the gold
   token is forced into the beam so that log p(gold) <= 0 stays a proper bound.
@@ -143,6 +149,22 @@ def _check_factors(e1, e2, vocab_size: int) -> Tuple[Array, Array]:
   return e1, e2
 
 
+def _check_self_transition(self_transition,
+                           vocab_size: int) -> Optional[Array]:
+  """None, or the [V] float diagonal d of M[a, b] = e1[a].e2[b] + [a==b] d[a]."""
+  if self_transition is None:
+    return None
+  d = jnp.asarray(self_transition)
+  if d.shape != (vocab_size,):
+    raise ValueError(
+        f'`self_transition` must have shape [V] = ({vocab_size},) to match '
+        f'the vocab size V = {vocab_size}; got shape {d.shape}.')
+  if not jnp.issubdtype(d.dtype, jnp.floating):
+    raise ValueError(
+        f'`self_transition` must be a float array; got dtype {d.dtype}.')
+  return d
+
+
 def _check_transitions(transitions, vocab_size: int) -> Array:
   transitions = jnp.asarray(transitions)
   if transitions.shape != (vocab_size, vocab_size):
@@ -171,15 +193,19 @@ def _check_beam_size(beam_size, vocab_size: int) -> int:
 # ---------------------------------------------------------------------------
 
 
-def low_rank_transitions(e1: Array, e2: Array) -> Array:
-  """Dense transition matrix of the low-rank factors.
+def low_rank_transitions(e1: Array,
+                         e2: Array,
+                         self_transition: Optional[Array] = None) -> Array:
+  """Dense transition matrix of the low-rank factors (+ optional diagonal).
 
   Args:
     e1: [V, R] left factor (the "from" token's embedding).
     e2: [V, R] right factor (the "to" token's embedding).
+    self_transition: optional [V] float diagonal d.
 
   Returns:
-    [V, V] float32 (float64 for float64 input), M[a, b] = e1[a] . e2[b].  Only sensible for small V.
+    [V, V] float32 (float64 for float64 input),
+    M[a, b] = e1[a] . e2[b] + [a == b] d[a].  Only sensible for small V.
   """
   e1 = jnp.asarray(e1)
   e2 = jnp.asarray(e2)
@@ -187,9 +213,13 @@ def low_rank_transitions(e1: Array, e2: Array) -> Array:
     raise ValueError(
         f'`e1` and `e2` must both have shape [V, R]; got e1 {e1.shape}, '
         f'e2 {e2.shape}.')
-  dtype = _acc_dtype(e1, e2)
-  return jnp.einsum('ar,br->ab', e1.astype(dtype), e2.astype(dtype),
-                    precision=lax.Precision.HIGHEST)
+  d = _check_self_transition(self_transition, e1.shape[0])
+  dtype = _acc_dtype(e1, e2, *(() if d is None else (d,)))
+  trans = jnp.einsum('ar,br->ab', e1.astype(dtype), e2.astype(dtype),
+                     precision=lax.Precision.HIGHEST)
+  if d is not None:
+    trans = trans + jnp.diag(d.astype(dtype))
+  return trans
 
 
 def beam_candidates(emissions: Array,
@@ -234,23 +264,39 @@ def beam_candidates(emissions: Array,
   return cand_tokens, cand_em.astype(_acc_dtype(emissions))
 
 
-def beam_transitions(cand_tokens: Array, e1: Array, e2: Array) -> Array:
+def beam_transitions(cand_tokens: Array,
+                     e1: Array,
+                     e2: Array,
+                     self_transition: Optional[Array] = None) -> Array:
   """Transition scores between the beams of consecutive positions.
 
   Args:
     cand_tokens: [B, T, K] int token ids of the beam.
     e1, e2: [V, R] low-rank factors.
+    self_transition: optional [V] float diagonal d.
 
   Returns:
     [B, T-1, K, K] float32; entry [b, t, i, j] is the score of moving from
-    candidate i at position t to candidate j at position t+1.
+    candidate i at position t to candidate j at position t+1:
+    e1[c_i] . e2[c_j] + [c_i == c_j] d[c_i]  (c = cand_tokens).
   """
-  dtype = _acc_dtype(e1, e2)
-  left = jnp.take(e1, cand_tokens[:, :-1], axis=0).astype(dtype)
-  right = jnp.take(e2, cand_tokens[:, 1:], axis=0).astype(dtype)
+  e1 = jnp.asarray(e1)
+  e2 = jnp.asarray(e2)
+  d = _check_self_transition(self_transition, e1.shape[0])
+  dtype = _acc_dtype(e1, e2, *(() if d is None else (d,)))
+  from_tokens, to_tokens = cand_tokens[:, :-1], cand_tokens[:, 1:]
+  left = jnp.take(e1, from_tokens, axis=0).astype(dtype)
+  right = jnp.take(e2, to_tokens, axis=0).astype(dtype)
   # [B, T-1, K, R] x [B, T-1, K, R] -> [B, T-1, K, K], accumulated in f32.
-  return jnp.einsum('btir,btjr->btij', left, right,
-                    precision=lax.Precision.HIGHEST)
+  trans = jnp.einsum('btir,btjr->btij', left, right,
+                     precision=lax.Precision.HIGHEST)
+  if d is not None:
+    # Only K gathered values per position and a [K, K] equality pattern: the
+    # [V, V] diagonal matrix is never built.
+    same = from_tokens[..., :, None] == to_tokens[..., None, :]
+    diag = jnp.take(d, from_tokens, axis=0).astype(dtype)  # [B, T-1, K]
+    trans = trans + jnp.where(same, diag[..., :, None], 0.0)
+  return trans
 
 
 def _path_score(target_em: Array, target_trans: Array, mask: Array) -> Array:
@@ -264,8 +310,13 @@ def _path_score(target_em: Array, target_trans: Array, mask: Array) -> Array:
   return score
 
 
-def crf_numerator(emissions: Array, targets: Array, mask: Array, e1: Array,
-                  e2: Array) -> Array:
+def crf_numerator(emissions: Array,
+                  targets: Array,
+                  mask: Array,
+                  e1: Array,
+                  e2: Array,
+                  *,
+                  self_transition: Optional[Array] = None) -> Array:
   """Unnormalised score of the target path under the low-rank CRF.
 
   Args:
@@ -273,22 +324,28 @@ def crf_numerator(emissions: Array, targets: Array, mask: Array, e1: Array,
     targets: [B, T] int.
     mask: [B, T] bool/0-1, left-aligned.
     e1, e2: [V, R] low-rank transition factors.
+    self_transition: optional [V] float diagonal d.
 
   Returns:
-    [B] float32: sum_t s_t(y_t) + sum_{t>=1} e1[y_{t-1}] . e2[y_t] over the
-    valid positions.
+    [B] float32: sum_t s_t(y_t) + sum_{t>=1} (e1[y_{t-1}] . e2[y_t]
+    + [y_{t-1} == y_t] d[y_t]) over the valid positions.
   """
   emissions = jnp.asarray(emissions)
   _, _, v = _check_emissions(emissions)
   mask = _check_mask(mask, emissions)
   targets = _check_targets(targets, emissions)
   e1, e2 = _check_factors(e1, e2, v)
+  d = _check_self_transition(self_transition, v)
   target_em = jnp.take_along_axis(emissions, targets[..., None], axis=-1)
   target_em = target_em[..., 0].astype(_acc_dtype(emissions))
-  dtype = _acc_dtype(e1, e2)
+  dtype = _acc_dtype(e1, e2, *(() if d is None else (d,)))
   left = jnp.take(e1, targets[:, :-1], axis=0).astype(dtype)
   right = jnp.take(e2, targets[:, 1:], axis=0).astype(dtype)
   target_trans = jnp.sum(left * right, axis=-1)
+  if d is not None:
+    repeat = targets[:, :-1] == targets[:, 1:]
+    target_trans += jnp.where(
+        repeat, jnp.take(d, targets[:, :-1], axis=0).astype(dtype), 0.0)
   return _path_score(target_em, target_trans, mask)
 
 
@@ -486,7 +543,9 @@ def beam_log_partition(emissions: Array,
                        e2: Array,
                        beam_size: int,
                        targets: Optional[Array] = None,
-                       parallel: bool = False) -> Array:
+                       parallel: bool = False,
+                       *,
+                       self_transition: Optional[Array] = None) -> Array:
   """Beam approximation of log Z under the low-rank CRF.
 
   Sums exp(score) over the K^L paths whose token at each position is in that
@@ -500,6 +559,7 @@ def beam_log_partition(emissions: Array,
     beam_size: K, static int in [1, V].
     targets: optional [B, T] int gold tokens, forced into the beam (training).
     parallel: use an associative scan (O(log T) depth) instead of lax.scan.
+    self_transition: optional [V] float diagonal d.
 
   Returns:
     [B] float32 log Z~ (0 for rows without valid positions).
@@ -508,8 +568,9 @@ def beam_log_partition(emissions: Array,
   _, _, v = _check_emissions(emissions)
   mask = _check_mask(mask, emissions)
   e1, e2 = _check_factors(e1, e2, v)
+  d = _check_self_transition(self_transition, v)
   cand_tokens, cand_em = beam_candidates(emissions, beam_size, targets)
-  trans = beam_transitions(cand_tokens, e1, e2)
+  trans = beam_transitions(cand_tokens, e1, e2, self_transition=d)
   return _log_partition_core(cand_em, mask, trans, parallel)
 
 
@@ -519,7 +580,9 @@ def crf_log_likelihood(emissions: Array,
                        e1: Array,
                        e2: Array,
                        beam_size: int,
-                       parallel: bool = False) -> Array:
+                       parallel: bool = False,
+                       *,
+                       self_transition: Optional[Array] = None) -> Array:
   """log p(targets) = numerator - beam log Z (gold forced into the beam).
 
   Args: as `crf_numerator` and `beam_log_partition`.
@@ -527,9 +590,11 @@ def crf_log_likelihood(emissions: Array,
   Returns:
     [B] float32 log-likelihood, <= 0 up to rounding (0 for empty rows).
   """
-  numerator = crf_numerator(emissions, targets, mask, e1, e2)
+  numerator = crf_numerator(emissions, targets, mask, e1, e2,
+                            self_transition=self_transition)
   log_z = beam_log_partition(
-      emissions, mask, e1, e2, beam_size, targets=targets, parallel=parallel)
+      emissions, mask, e1, e2, beam_size, targets=targets, parallel=parallel,
+      self_transition=self_transition)
   return numerator - log_z
 
 
@@ -538,7 +603,10 @@ def viterbi_decode(emissions: Array,
                    e1: Array,
                    e2: Array,
                    beam_size: int,
-                   parallel: bool = False) -> Tuple[Array, Array]:
+                   parallel: bool = False,
+                   *,
+                   self_transition: Optional[Array] = None
+                  ) -> Tuple[Array, Array]:
   """Best path within the beam (top-`beam_size` tokens per position).
 
   Args:
@@ -548,6 +616,7 @@ def viterbi_decode(emissions: Array,
     beam_size: K, static int in [1, V].
     parallel: max-plus associative scan for the forward scores and an
       associative scan of composed back-pointer maps for the backtrack.
+    self_transition: optional [V] float diagonal d.
 
   Returns:
     tokens: [B, T] int32 best path; 0 (pad) at masked positions.
@@ -557,8 +626,9 @@ def viterbi_decode(emissions: Array,
   _, _, v = _check_emissions(emissions)
   mask = _check_mask(mask, emissions)
   e1, e2 = _check_factors(e1, e2, v)
+  d = _check_self_transition(self_transition, v)
   cand_tokens, cand_em = beam_candidates(emissions, beam_size)
-  trans = beam_transitions(cand_tokens, e1, e2)
+  trans = beam_transitions(cand_tokens, e1, e2, self_transition=d)
   states, score = _viterbi_core(cand_em, mask, trans, parallel)
   tokens = jnp.take_along_axis(cand_tokens, states[..., None], axis=-1)[..., 0]
   return jnp.where(mask, tokens, 0).astype(jnp.int32), score

@@ -43,16 +43,19 @@ numerator = jax.jit(crf_ops.crf_numerator)
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'parallel'))
-def ll_and_viterbi(em, targets, mask, e1, e2, k, parallel=False):
-  """Numerator, log-likelihood, forced beam log Z, Viterbi path and score."""
-  num = crf_ops.crf_numerator(em, targets, mask, e1, e2)
+def ll_and_viterbi(em, targets, mask, e1, e2, k, parallel=False, d=None):
+  """Numerator, log-likelihood, forced beam log Z, Viterbi path and score.
+
+  `d`: optional [V] self-transition diagonal (None compiles without it).
+  """
+  num = crf_ops.crf_numerator(em, targets, mask, e1, e2, self_transition=d)
   ll = crf_ops.crf_log_likelihood(em, targets, mask, e1, e2, k,
-                                  parallel=parallel)
+                                  parallel=parallel, self_transition=d)
   # Forced-beam log Z recovered from the log-likelihood (one compile instead
   # of two); tests compare it with enumeration over the forced beam.
   log_z = num - ll
   tokens, score = crf_ops.viterbi_decode(em, mask, e1, e2, k,
-                                         parallel=parallel)
+                                         parallel=parallel, self_transition=d)
   return dict(num=num, log_z=log_z, ll=ll, tokens=tokens, score=score)
 
 
@@ -305,6 +308,139 @@ def test_single_position_sequence():
 
 
 # ----------------------------------------------------------------------------
+# Self-transition diagonal: M[a, b] = e1[a] . e2[b] + [a == b] d[a].
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def diag(small):
+  """`small` plus a diagonal d [V] large enough to change every result.
+
+  Targets are rewritten so that repeats (where d enters the numerator) occur
+  in valid positions of several rows.
+  """
+  rng = np.random.default_rng(11)
+  d = (3.0 * rng.normal(size=V)).astype(np.float32)
+  targets = small['targets'].copy()
+  targets[0] = [1, 1, 2, 2]
+  targets[5] = [3, 3, 3, 0]
+  targets[6, :2] = [2, 2]
+  trans = _dense(small['e1'], small['e2']) + np.diag(np.float64(d))
+  return dict(small, d=d, targets=targets, trans=trans)
+
+
+def test_low_rank_transitions_with_diagonal(diag):
+  got = crf_ops.low_rank_transitions(diag['e1'], diag['e2'], diag['d'])
+  assert got.shape == (V, V) and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, diag['trans'], rtol=1e-5, atol=1e-5)
+  # Off-diagonal entries are the plain low-rank ones.
+  plain = crf_ops.low_rank_transitions(diag['e1'], diag['e2'])
+  off = ~np.eye(V, dtype=bool)
+  np.testing.assert_array_equal(np.asarray(got)[off], np.asarray(plain)[off])
+
+
+def test_beam_transitions_with_diagonal_hand_built():
+  # Beams with repeated ids across positions: d enters exactly where the
+  # "from" and "to" candidates are the same token.
+  e1 = np.array([[1.0], [2.0], [-1.0]], np.float32)
+  e2 = np.array([[0.5], [3.0], [1.0]], np.float32)
+  d = np.array([-4.0, 10.0, 0.25], np.float32)
+  cand = np.array([[[0, 1], [1, 2], [2, 0]]], np.int32)  # [B=1, T=3, K=2]
+  got = np.asarray(crf_ops.beam_transitions(cand, e1, e2, d))
+  assert got.shape == (1, 2, 2, 2)
+  dense = e1 @ e2.T + np.diag(d)
+  want = np.stack([dense[np.ix_(cand[0, t], cand[0, t + 1])]
+                   for t in range(2)])[None]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # 1 -> 1 at step 0 and 2 -> 2 at step 1 carry d.
+  plain = np.asarray(crf_ops.beam_transitions(cand, e1, e2))
+  np.testing.assert_allclose(got - plain, [[[[0, 0], [10.0, 0]],
+                                            [[0, 0], [0.25, 0]]]])
+
+
+def test_numerator_with_diagonal_matches_hand_rolled(diag):
+  em, targets, mask = diag['em'], diag['targets'], diag['mask']
+  got = numerator(em, targets, mask, diag['e1'], diag['e2'],
+                  self_transition=diag['d'])
+  want = _gold_score(em, targets, mask, diag['trans'])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # d really contributes (the targets repeat inside valid positions).
+  plain = numerator(em, targets, mask, diag['e1'], diag['e2'])
+  assert np.abs(np.asarray(got) - np.asarray(plain)).max() > 0.5
+
+
+@pytest.mark.parametrize('parallel', [False, True])
+def test_diagonal_exact_crf_matches_brute_force(diag, parallel):
+  want_z, want_tokens, want_score = _brute_force(diag['em'], diag['mask'],
+                                                 diag['trans'])
+  trans = crf_ops.low_rank_transitions(diag['e1'], diag['e2'], diag['d'])
+  np.testing.assert_allclose(
+      exact_log_z(diag['em'], diag['mask'], trans, parallel=parallel),
+      want_z, rtol=1e-5, atol=1e-5)
+  tokens, score = exact_viterbi(diag['em'], diag['mask'], trans,
+                                parallel=parallel)
+  np.testing.assert_array_equal(tokens, want_tokens)
+  np.testing.assert_allclose(score, want_score, rtol=1e-5, atol=1e-5)
+  # Non-vacuous: without d the exact answer is different.
+  plain_z, _, _ = _brute_force(diag['em'], diag['mask'],
+                               _dense(diag['e1'], diag['e2']))
+  assert np.abs(plain_z - want_z).max() > 0.1
+
+
+@pytest.mark.parametrize('parallel', [False, True])
+def test_diagonal_full_beam_equals_brute_force(diag, parallel):
+  em, mask, targets = diag['em'], diag['mask'], diag['targets']
+  want_z, want_tokens, want_score = _brute_force(em, mask, diag['trans'])
+  np.testing.assert_allclose(
+      beam_log_z(em, mask, diag['e1'], diag['e2'], beam_size=V,
+                 parallel=parallel, self_transition=diag['d']),
+      want_z, rtol=1e-5, atol=1e-5)
+  out = ll_and_viterbi(em, targets, mask, diag['e1'], diag['e2'], k=V,
+                       parallel=parallel, d=diag['d'])
+  np.testing.assert_allclose(out['log_z'], want_z, rtol=1e-5, atol=1e-5)
+  gold = _gold_score(em, targets, mask, diag['trans'])
+  np.testing.assert_allclose(out['ll'], gold - want_z, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(out['tokens'], want_tokens)
+  np.testing.assert_allclose(out['score'], want_score, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('parallel', [False, True])
+def test_diagonal_partial_beam_is_restricted_enumeration(diag, parallel):
+  em, mask, targets = diag['em'], diag['mask'], diag['targets']
+  k = 2
+  out = ll_and_viterbi(em, targets, mask, diag['e1'], diag['e2'], k=k,
+                       parallel=parallel, d=diag['d'])
+  want_forced, _, _ = _brute_force(em, mask, diag['trans'],
+                                   _beam_sets(em, k, targets))
+  np.testing.assert_allclose(out['log_z'], want_forced, rtol=1e-5, atol=1e-5)
+  _, want_tokens, want_score = _brute_force(em, mask, diag['trans'],
+                                            _beam_sets(em, k))
+  np.testing.assert_array_equal(out['tokens'], want_tokens)
+  np.testing.assert_allclose(out['score'], want_score, rtol=1e-5, atol=1e-5)
+
+
+def test_negative_diagonal_stops_repeats():
+  # Emissions favour the same token at every position, so the plain CRF
+  # (tiny transitions) repeats it; a strongly negative diagonal forbids any
+  # repeat, which no small rank-R E1 E2^T can do for all tokens at once.
+  v, t = 5, 6
+  rng = np.random.default_rng(3)
+  em = rng.normal(scale=0.1, size=(2, t, v)).astype(np.float32)
+  em[0, :, 2] += 3.0
+  em[1, :, 4] += 3.0
+  mask = np.ones((2, t), bool)
+  e1 = np.full((v, 1), 0.01, np.float32)
+  e2 = np.full((v, 1), 0.01, np.float32)
+  plain, _ = crf_ops.viterbi_decode(em, mask, e1, e2, 3)
+  assert np.all(np.asarray(plain) == [[2], [4]])
+  d = np.full(v, -20.0, np.float32)
+  for k in (3, v):
+    tokens, _ = crf_ops.viterbi_decode(em, mask, e1, e2, k, self_transition=d)
+    tokens = np.asarray(tokens)
+    assert np.all(tokens[:, 1:] != tokens[:, :-1]), tokens
+
+
+# ----------------------------------------------------------------------------
 # Parallel (associative scan) == sequential scan on longer sequences.
 # ----------------------------------------------------------------------------
 
@@ -336,6 +472,21 @@ def test_parallel_equals_scan_long_sequences(long_problem):
   assert np.any(np.asarray(scan['tokens']) != greedy)  # transitions matter
 
 
+def test_parallel_equals_scan_long_sequences_with_diagonal(long_problem):
+  em, e1, e2, targets, mask = long_problem
+  targets = targets.copy()
+  targets[:, 5:9] = targets[:, 5:6]  # repeats inside every long row
+  d = np.linspace(-3.0, 2.0, em.shape[-1]).astype(np.float32)
+  scan = ll_and_viterbi(em, targets, mask, e1, e2, k=3, d=d)
+  par = ll_and_viterbi(em, targets, mask, e1, e2, k=3, parallel=True, d=d)
+  for name in ('ll', 'log_z', 'score'):
+    np.testing.assert_allclose(par[name], scan[name], rtol=1e-5, atol=1e-5,
+                               err_msg=name)
+  np.testing.assert_array_equal(par['tokens'], scan['tokens'])
+  plain = ll_and_viterbi(em, targets, mask, e1, e2, k=3)
+  assert np.abs(np.asarray(plain['ll']) - np.asarray(scan['ll'])).max() > 0.1
+
+
 # ----------------------------------------------------------------------------
 # Gradients vs central finite differences (float64).
 # ----------------------------------------------------------------------------
@@ -351,17 +502,22 @@ def x64():
 def test_gradients_match_finite_differences(x64, parallel):
   em, e1, e2, targets, mask = _problem(6, 2, 3, 4, R, lengths=[3, 2])
   em, e1, e2 = (np.asarray(x, np.float64) for x in (em, e1, e2))
+  # The self-transition diagonal is differentiated too; row 0 repeats a
+  # token so d also enters the numerator.
+  d = np.array([0.3, -0.5, 1.2, -0.1])
+  targets = targets.copy()
+  targets[0, 1] = targets[0, 0]
 
-  shapes = [x.shape for x in (em, e1, e2)]
+  shapes = [x.shape for x in (em, e1, e2, d)]
   sizes = [int(np.prod(sh)) for sh in shapes]
-  theta = np.concatenate([x.ravel() for x in (em, e1, e2)])
+  theta = np.concatenate([x.ravel() for x in (em, e1, e2, d)])
 
   def loss(theta):
     parts = jnp.split(theta, np.cumsum(sizes)[:-1])
-    em, e1, e2 = (p.reshape(sh) for p, sh in zip(parts, shapes))
+    em, e1, e2, d = (p.reshape(sh) for p, sh in zip(parts, shapes))
     # beam 2 < V: gold forced in, gradient flows through the beam gather.
     ll = crf_ops.crf_log_likelihood(em, targets, mask, e1, e2, 2,
-                                    parallel=parallel)
+                                    parallel=parallel, self_transition=d)
     return jnp.sum(ll * jnp.array([1.0, 0.7]))
 
   grad = jax.jit(jax.grad(loss))(theta)
@@ -373,6 +529,7 @@ def test_gradients_match_finite_differences(x64, parallel):
   numeric = (batched(theta + steps) - batched(theta - steps)) / (2 * eps)
   np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
   assert np.count_nonzero(np.asarray(grad)[sizes[0]:]) > 0  # e1/e2 move
+  assert np.count_nonzero(np.asarray(grad)[-sizes[3]:]) > 0  # d moves
   grads = [np.asarray(g).reshape(sh) for g, sh in
            zip(jnp.split(grad, np.cumsum(sizes)[:-1]), shapes)]
   # Padding (row 1, position 2) gets no gradient.
@@ -449,6 +606,24 @@ _BAD_CASES = {
         _EM, _MASK, _E, _E, 2.0), r'`beam_size` must be a static Python int'),
     'transitions_shape': (lambda: crf_ops.exact_viterbi_decode(
         _EM, _MASK, _M[:3]), r'`transitions` must have shape \[V, V\]'),
+    'self_transition_shape': (lambda: crf_ops.beam_log_partition(
+        _EM, _MASK, _E, _E, 2, self_transition=np.zeros(3, np.float32)),
+                              r'`self_transition` must have shape \[V\].*'
+                              r'\(4,\).*\(3,\)'),
+    'self_transition_2d_num': (lambda: crf_ops.crf_numerator(
+        _EM, _TGT, _MASK, _E, _E, self_transition=_M),
+                               r'`self_transition`.*got shape \(4, 4\)'),
+    'self_transition_viterbi': (lambda: crf_ops.viterbi_decode(
+        _EM, _MASK, _E, _E, 2, self_transition=np.zeros(5, np.float32)),
+                                r'`self_transition`.*\(5,\)'),
+    'self_transition_dense': (lambda: crf_ops.low_rank_transitions(
+        _E, _E, np.zeros(2, np.float32)), r'`self_transition`.*\(2,\)'),
+    'self_transition_beam_trans': (lambda: crf_ops.beam_transitions(
+        np.zeros((1, 2, 2), np.int32), _E, _E, np.zeros(1, np.float32)),
+                                   r'`self_transition`.*\(1,\)'),
+    'self_transition_int': (lambda: crf_ops.crf_log_likelihood(
+        _EM, _TGT, _MASK, _E, _E, 2, self_transition=np.zeros(4, np.int32)),
+                            r'`self_transition` must be a float'),
     'transitions_shape_num': (lambda: crf_ops.exact_numerator(
         _EM, _TGT, _MASK, _M.T[:, :2]), r'`transitions`.*\(4, 2\)'),
 }

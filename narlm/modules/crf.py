@@ -3,9 +3,12 @@
 The maths lives in `narlm.crf_ops`; this module only owns the parameters
 
     E1, E2: [vocab_size, rank]   (logical axes ('vocab', 'crf_rank'))
+    self_transition: [vocab_size] (logical axes ('vocab',)), only if
+      ``self_transition=True``
 
-whose product E1 @ E2^T is the (never materialised) [V, V] transition matrix,
-and forwards to the beam log-likelihood (training) and beam Viterbi (decoding).
+whose product E1 @ E2^T (+ diag(d), d = self_transition with the exempt ids
+zeroed) is the (never materialised) [V, V] transition matrix, and forwards to
+the beam log-likelihood (training) and beam Viterbi (decoding).
 
 Usage::
 
@@ -18,11 +21,12 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.linen import partitioning
 
 from narlm import crf_ops
@@ -45,6 +49,15 @@ class DynamicCRF(nn.Module):
     param_dtype: storage dtype of E1 / E2.
     parallel: use the associative-scan (O(log T) depth) paths of crf_ops
       instead of lax.scan.  Costs O(T K^3) work/memory; see crf_ops.
+    self_transition: add a learned diagonal d [V] to the transitions,
+      M[a, b] = e1[a] . e2[b] + [a == b] d[a], so that "repeat the previous
+      token" can be penalised (or favoured) per token, which a rank-R product
+      cannot do vocabulary-wide.  Initialised to zeros: the module starts as
+      the plain low-rank CRF.
+    self_transition_exempt_ids: token ids whose diagonal entry is fixed at 0
+      (d * mask, so neither the value nor its gradient moves); e.g. eos and
+      pad, whose runs (y, eos, eos, pad, pad, ...) must stay unpenalised.
+      Ignored unless ``self_transition``.
   """
 
   vocab_size: int
@@ -53,6 +66,8 @@ class DynamicCRF(nn.Module):
   dtype: DType = jnp.float32
   param_dtype: DType = jnp.float32
   parallel: bool = False
+  self_transition: bool = False
+  self_transition_exempt_ids: tuple = ()
 
   def setup(self):
     # Each factor ~ N(0, 1/rank), so a transition score
@@ -71,9 +86,37 @@ class DynamicCRF(nn.Module):
         'E1', init, shape, self.param_dtype, axes=axes, module=self)
     self.E2 = partitioning.param_with_axes(
         'E2', init, shape, self.param_dtype, axes=axes, module=self)
+    if self.self_transition:
+      exempt = tuple(int(i) for i in self.self_transition_exempt_ids)
+      bad = [i for i in exempt if not 0 <= i < self.vocab_size]
+      if bad:
+        raise ValueError(
+            f'DynamicCRF.self_transition_exempt_ids {bad} are outside '
+            f'[0, vocab_size = {self.vocab_size}).')
+      # Zeros: with d = 0 the module computes exactly the plain low-rank CRF.
+      # Unlike E1/E2 (whose gradients are proportional to each other), d's
+      # gradient (observed minus expected repeats of each token) does not
+      # depend on d, so zero is not a stuck point.
+      self.d = partitioning.param_with_axes(
+          'self_transition', nn.initializers.zeros, (self.vocab_size,),
+          self.param_dtype, axes=('vocab',), module=self)
 
   def _factors(self) -> Tuple[Array, Array]:
     return (jnp.asarray(self.E1, self.dtype), jnp.asarray(self.E2, self.dtype))
+
+  def _diagonal(self) -> Optional[Array]:
+    """[V] diagonal with the exempt ids at 0, or None without one."""
+    if not self.self_transition:
+      return None
+    d = jnp.asarray(self.d, self.dtype)
+    exempt = sorted({int(i) for i in self.self_transition_exempt_ids})
+    if exempt:
+      # A multiplicative mask (not a where on the parameter): the exempt
+      # entries are 0 in value and in gradient whatever the stored value.
+      keep = np.ones((self.vocab_size,), np.float32)
+      keep[exempt] = 0.0
+      d = d * jnp.asarray(keep, d.dtype)
+    return d
 
   @property
   def _beam(self) -> int:
@@ -93,7 +136,8 @@ class DynamicCRF(nn.Module):
     """
     e1, e2 = self._factors()
     return crf_ops.crf_log_likelihood(
-        emissions, targets, mask, e1, e2, self._beam, parallel=self.parallel)
+        emissions, targets, mask, e1, e2, self._beam, parallel=self.parallel,
+        self_transition=self._diagonal())
 
   def decode(self, emissions: Array, mask: Array) -> Tuple[Array, Array]:
     """Beam Viterbi decoding.
@@ -108,9 +152,13 @@ class DynamicCRF(nn.Module):
     """
     e1, e2 = self._factors()
     return crf_ops.viterbi_decode(
-        emissions, mask, e1, e2, self._beam, parallel=self.parallel)
+        emissions, mask, e1, e2, self._beam, parallel=self.parallel,
+        self_transition=self._diagonal())
 
   def transitions(self) -> Array:
-    """Dense [V, V] float32 transition matrix E1 @ E2^T (small V only)."""
+    """Dense [V, V] float32 transition matrix E1 @ E2^T (+ diag(d)).
+
+    Small V only.  exact CRF = crf_ops.exact_* with this matrix.
+    """
     e1, e2 = self._factors()
-    return crf_ops.low_rank_transitions(e1, e2)
+    return crf_ops.low_rank_transitions(e1, e2, self._diagonal())

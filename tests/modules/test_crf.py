@@ -145,3 +145,108 @@ def test_wrong_vocab_size_raises(batch):
   module = DynamicCRF(vocab_size=V + 1, rank=4)
   with pytest.raises(ValueError, match='vocab size 7.*V = 6'):
     jax.jit(module.init)(jax.random.PRNGKey(0), emissions, targets, mask)
+
+
+# ----------------------------------------------------------------------------
+# Self-transition diagonal.
+# ----------------------------------------------------------------------------
+
+EXEMPT = (0, 2)  # e.g. pad and eos
+
+
+def _with_diagonal(variables, d):
+  params = dict(variables['params'])
+  params['self_transition'] = jnp.asarray(d, jnp.float32)
+  return {'params': params}
+
+
+def test_self_transition_parameter_axes_and_zero_init():
+  module = DynamicCRF(vocab_size=V, rank=4, self_transition=True,
+                      self_transition_exempt_ids=EXEMPT)
+  variables = _init(module)
+  assert set(variables['params']) == {'E1', 'E2', 'self_transition'}
+  d = variables['params']['self_transition']
+  assert d.shape == (V,) and d.dtype == jnp.float32
+  np.testing.assert_array_equal(d, 0.0)
+  specs = partitioning.get_axis_names(variables['params_axes'])
+  assert specs['self_transition'] == jax.sharding.PartitionSpec('vocab')
+  # Same E1/E2 as without the diagonal, and at init the same transitions.
+  plain = DynamicCRF(vocab_size=V, rank=4)
+  plain_vars = _init(plain)
+  assert set(plain_vars['params']) == {'E1', 'E2'}
+  np.testing.assert_array_equal(
+      module.apply(variables, method=DynamicCRF.transitions),
+      plain.apply(plain_vars, method=DynamicCRF.transitions))
+
+
+def test_self_transition_exempt_ids_fixed_at_zero(batch):
+  emissions, targets, mask = batch
+  targets = targets.copy()
+  targets[0, :4] = [1, 1, 2, 2]  # a repeat of a free id and of an exempt id
+  module = DynamicCRF(vocab_size=V, rank=4, beam_size=3, self_transition=True,
+                      self_transition_exempt_ids=EXEMPT)
+  d = np.array([5.0, -2.0, 7.0, 1.5, -0.5, 3.0], np.float32)
+  variables = _with_diagonal(_init(module), d)
+  params = variables['params']
+  masked = d.copy()
+  masked[list(EXEMPT)] = 0.0
+
+  trans = np.asarray(module.apply(variables, method=DynamicCRF.transitions))
+  low_rank = np.asarray(crf_ops.low_rank_transitions(params['E1'],
+                                                     params['E2']))
+  np.testing.assert_allclose(trans, low_rank + np.diag(masked), rtol=1e-6,
+                             atol=1e-6)
+  # The exempt diagonal entries are exactly the low-rank ones.
+  for i in EXEMPT:
+    assert trans[i, i] == low_rank[i, i]
+
+  @jax.jit
+  def reference(params):
+    args = (emissions, targets, mask, params['E1'], params['E2'], 3)
+    return (crf_ops.crf_log_likelihood(*args, self_transition=masked),
+            crf_ops.crf_log_likelihood(*args, self_transition=d))
+
+  want, unmasked = reference(params)
+  ll = jax.jit(module.apply)(variables, emissions, targets, mask)
+  np.testing.assert_allclose(ll, want, rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(ll) - np.asarray(unmasked)).max() > 0.1
+  tokens, scores = jax.jit(lambda v: module.apply(
+      v, emissions, mask, method=DynamicCRF.decode))(variables)
+  want_tokens, want_scores = jax.jit(
+      crf_ops.viterbi_decode, static_argnums=4)(
+          emissions, mask, params['E1'], params['E2'], 3,
+          self_transition=masked)
+  np.testing.assert_array_equal(tokens, want_tokens)
+  np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+
+  # The gradient reaches d at the free ids and is exactly 0 at exempt ones.
+  grads = jax.jit(jax.grad(lambda p: module.apply(
+      {'params': p}, emissions, targets, mask).sum()))(params)
+  g = np.asarray(grads['self_transition'])
+  np.testing.assert_array_equal(g[list(EXEMPT)], 0.0)
+  free = [i for i in range(V) if i not in EXEMPT]
+  assert np.all(g[free] != 0.0), g
+
+
+def test_self_transition_is_learned_from_zero():
+  # Zero init is not a stuck point: one gradient step moves d, towards
+  # penalising a token that never repeats in the data.
+  v = 4
+  rng = np.random.default_rng(5)
+  emissions = rng.normal(size=(2, 5, v)).astype(np.float32)
+  targets = np.array([[1, 3, 1, 3, 1], [3, 1, 3, 1, 3]], np.int32)
+  mask = np.ones((2, 5), bool)
+  module = DynamicCRF(vocab_size=v, rank=2, self_transition=True)
+  params = module.init(jax.random.PRNGKey(0),
+                       method=DynamicCRF.transitions)['params']
+  grad = jax.grad(lambda p: -module.apply(
+      {'params': p}, emissions, targets, mask).sum())(params)
+  # Loss gradient > 0 means gradient descent lowers d for tokens 1 and 3.
+  assert np.all(np.asarray(grad['self_transition'])[[1, 3]] > 0)
+
+
+def test_bad_exempt_ids_raise():
+  module = DynamicCRF(vocab_size=V, rank=4, self_transition=True,
+                      self_transition_exempt_ids=(1, V))
+  with pytest.raises(ValueError, match=r'self_transition_exempt_ids \[6\]'):
+    _init(module)
