@@ -13,6 +13,10 @@ Data (see narlm.tasks.sources for the directories and the bad-input policy):
   train = the valid files' first 6,469 pairs, validation = their last 500
   (held out: a dev set for selection), test = test (6,750 pairs). A tiny
   scale for comparisons and demos, not a real IWSLT training run.
+* sentcomp_distilled_bert: sentcomp_bert with the train targets replaced by
+  a teacher's outputs (sequence-level knowledge distillation, written by
+  `python -m narlm.distill`), read from `$NARLM_DISTILLED_DIR/sentcomp`
+  {train,dev,test}.{src,tgt}; dev/test there are copies of the gold files.
 * gigaword_bert: `$NARLM_GIGAWORD_DIR` {train,dev,test}.{src,tgt}.
 * gigaword_tfds_bert: TFDS `gigaword` 1.2.0, read-only: it must already be
   prepared in the TFDS data dir (`$TFDS_DATA_DIR`, default
@@ -77,6 +81,17 @@ seqio.TaskRegistry.add(
     output_features=T5_FEATURES,
     preprocessors=TEXT_PAIR_PREPROCESSORS,
     postprocess_fn=prep.postprocess_for(T5),
+    metric_fns=[metrics.rouge, metrics.compression_ratio],
+)
+
+# Sequence-level distillation: same task, teacher outputs as train targets.
+seqio.TaskRegistry.add(
+    "sentcomp_distilled_bert",
+    source=sources.PairedTextFileSource(
+        SRC_TGT_SPLITS, base_dir=sources.distilled_dir("sentcomp")),
+    output_features=BERT_FEATURES,
+    preprocessors=TEXT_PAIR_PREPROCESSORS,
+    postprocess_fn=prep.postprocess_for(BERT),
     metric_fns=[metrics.rouge, metrics.compression_ratio],
 )
 

@@ -8,6 +8,10 @@ variables set after `import narlm.tasks` still take effect:
   (default `$NARLM_DATA_DIR/gigaword`).
 * `NARLM_BOOKCORPUS_DIR`: a directory of BookCorpus `.txt` files, searched
   recursively (default `$NARLM_DATA_DIR/bookcorpus`).
+* `NARLM_DISTILLED_DIR`: root of sequence-level distillation outputs
+  (`python -m narlm.distill --out $NARLM_DISTILLED_DIR/sentcomp`). No default:
+  the shared data dir is read-only, so an unset or missing directory is a
+  `FileNotFoundError` naming the variable.
 
 Bad-input policy
 ----------------
@@ -44,6 +48,7 @@ from narlm.vocabularies import data_dir, DATA_DIR_ENV  # pylint: disable=unused-
 
 GIGAWORD_DIR_ENV = "NARLM_GIGAWORD_DIR"
 BOOKCORPUS_DIR_ENV = "NARLM_BOOKCORPUS_DIR"
+DISTILLED_DIR_ENV = "NARLM_DISTILLED_DIR"
 
 PathLike = Union[str, os.PathLike]
 DirSpec = Union[None, PathLike, Callable[[], PathLike]]
@@ -64,6 +69,27 @@ def gigaword_dir() -> str:
 
 def bookcorpus_dir() -> str:
   return _env_dir(BOOKCORPUS_DIR_ENV, "bookcorpus")
+
+
+def distilled_dir(*parts: str) -> Callable[[], str]:
+  """Lazy `$NARLM_DISTILLED_DIR/parts` for use as a source's `base_dir`.
+
+  Raises (when called, i.e. when a dataset is built) FileNotFoundError naming
+  the variable if it is unset or the directory does not exist.
+  """
+  def resolve() -> str:
+    root = os.environ.get(DISTILLED_DIR_ENV)
+    hint = (f"point ${DISTILLED_DIR_ENV} at the root of the distilled data "
+            f"(written by `python -m narlm.distill --out ${DISTILLED_DIR_ENV}/"
+            f"{'/'.join(parts)}`)")
+    if not root:
+      raise FileNotFoundError(f"${DISTILLED_DIR_ENV} is not set: {hint}")
+    path = os.path.join(os.path.abspath(os.path.expanduser(root)), *parts)
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"distilled data dir {path!r} (from ${DISTILLED_DIR_ENV}="
+                              f"{root!r}) does not exist: {hint}")
+    return path
+  return resolve
 
 
 def shared_dir(*parts: str) -> Callable[[], str]:
