@@ -60,8 +60,12 @@ METHODS = compare.NAR_METHODS + compare.AR_METHODS
 
 
 def _one_line(text: str) -> str:
-  """A string that is safe as one line of a line-aligned text file."""
-  return " ".join(text.splitlines()).strip()
+  """A string that is safe as one line of a line-aligned text file.
+
+  Only CR/LF are replaced: the reader (tf.data.TextLineDataset) splits on
+  those alone, and other Unicode separators are kept as the source had them.
+  """
+  return text.replace("\r", " ").replace("\n", " ").strip()
 
 
 def _text(value: Any) -> str:

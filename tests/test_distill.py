@@ -265,3 +265,8 @@ def test_cli_exit_status(tmp_path):
   # Checked before TensorFlow/JAX are imported: nothing else on stderr.
   assert proc.stderr == f"error: --model_dir {tmp_path / 'nothing'} does not exist\n"
   assert not (tmp_path / "out").exists()
+
+
+def test_one_line_replaces_only_line_breaks():
+  # A newline inside a teacher output would shift every later line of .tgt.
+  assert distill._one_line(" a\r\nb\nc\u2028d ") == "a  b c\u2028d"
