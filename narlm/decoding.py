@@ -10,6 +10,7 @@ eos and detokenise.
 from __future__ import annotations
 
 import bisect
+import fractions
 import functools
 import logging
 import math
@@ -52,45 +53,73 @@ def source_lengths(source_tokens: jnp.ndarray, pad_id: int = 0) -> jnp.ndarray:
   return (source_tokens != pad_id).sum(axis=-1).astype(jnp.int32)
 
 
+def _alpha_fraction(alpha: float) -> fractions.Fraction:
+  """alpha as the decimal the user wrote (0.29 is 29/100, not the binary
+  double just below it), so that floor(alpha * n) is exact."""
+  if isinstance(alpha, bool) or not isinstance(alpha, (int, float, fractions.Fraction)):
+    raise ValueError(f"ratio-first alpha must be a number, got {alpha!r}")
+  if not alpha > 0 or not math.isfinite(alpha):
+    raise ValueError(f"ratio-first alpha must be a finite number > 0, got {alpha}")
+  return alpha if isinstance(alpha, fractions.Fraction) else fractions.Fraction(repr(float(alpha)))
+
+
+def ratio_first_window(n: int, alpha: float) -> int:
+  """Positions ratio-first decoding keeps for a source of n positions:
+  min(n, floor(alpha * n) + 2), in exact rational arithmetic.
+
+  n counts the source as NAG-BERT does: its WordPieces plus [CLS] and [SEP]
+  (the non-pad positions of a framed encoder input). alpha is read as the
+  decimal it prints as, so alpha = 0.29, n = 100 keeps 29 + 2 positions
+  (NAG-BERT's float64 ``int(n * alpha)`` gives 28 there: 0.29 is stored as
+  0.28999...; a float32 product can round either way). The cap at n is
+  NAG-BERT's: it never decodes past the source.
+  """
+  if n < 0:
+    raise ValueError(f"source length must be >= 0, got {n}")
+  return min(int(n), math.floor(_alpha_fraction(alpha) * int(n)) + 2)
+
+
 def ratio_first_positions(length: int, alpha: float) -> int:
   """Positions ratio-first decoding can use for sources of <= `length`
-  tokens: min(length, floor(alpha * length) + 2) (a static int).
-
-  Rounded up by a hair: the per-row limit is computed in float32 on device,
-  and a bound that is one too large only costs a masked position.
-  """
-  if not alpha > 0:
-    raise ValueError(f"ratio-first alpha must be > 0, got {alpha}")
-  return min(int(length), math.floor(alpha * length * (1 + 1e-6)) + 2)
+  positions: ratio_first_window(length, alpha) (a static int; the window
+  grows with n)."""
+  return ratio_first_window(length, alpha)
 
 
 def ratio_first_mask(source_tokens: jnp.ndarray, alpha: float, length: Optional[int] = None,
                      pad_id: int = 0) -> jnp.ndarray:
-  """Ratio-first decoding mask: the first floor(alpha * n) + 2 positions.
+  """Ratio-first decoding mask: the first min(n, floor(alpha * n) + 2) positions.
 
   NAG-BERT's ratio-first decoding assumes the output is at most alpha times
   the source length n, and runs Viterbi only over those positions (+2 for
-  the two eos), which is both faster and avoids over-long outputs.
+  the two eos), which is both faster and avoids over-long outputs. The
+  window of every possible n in [0, L] is computed exactly on the host
+  (`ratio_first_window`) and looked up per row, so no float rounding on the
+  device can move it.
 
   Args:
     source_tokens: [B, L] source tokens (n = non-pad count per row).
-    alpha: ratio, > 0.
+    alpha: ratio, > 0 (a static Python number).
     length: number of output positions T (default L).
 
   Returns:
     [B, T] bool mask, True on the positions to decode.
   """
-  if not alpha > 0:
-    raise ValueError(f"ratio-first alpha must be > 0, got {alpha}")
-  length = source_tokens.shape[1] if length is None else length
+  source_length = source_tokens.shape[1]
+  length = source_length if length is None else length
+  table = np.array([ratio_first_window(n, alpha) for n in range(source_length + 1)], np.int32)
   n = source_lengths(source_tokens, pad_id)
-  limit = jnp.floor(alpha * n.astype(jnp.float32)).astype(jnp.int32) + 2
+  limit = jnp.asarray(table)[n]
   return jnp.arange(length)[None, :] < limit[:, None]
 
 
 def cut_at_first_eos(tokens: jnp.ndarray, eos_id: int, pad_id: int = 0,
                      mask: Optional[jnp.ndarray] = None) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Replace the first eos and everything after it (and masked positions) with pad.
+  """The output before the first eos, with emitted pads skipped (NAG-BERT).
+
+  Everything from the first eos on (and masked positions) is dropped; a pad
+  the model emitted before the first eos is dropped too and the tokens after
+  it move left, so an output is always `tokens[:length]` with no pad inside.
 
   Args:
     tokens: [B, T] decoded tokens.
@@ -100,15 +129,20 @@ def cut_at_first_eos(tokens: jnp.ndarray, eos_id: int, pad_id: int = 0,
       treated as padding.
 
   Returns:
-    (tokens [B, T] with the tail padded, lengths [B] of the kept prefix).
+    (tokens [B, T]: the kept tokens left-aligned, then pad; lengths [B]).
   """
   is_end = tokens == eos_id
   if mask is not None:
     is_end = is_end | ~mask.astype(bool)
   # After the first end marker, the running count is >= 1.
   seen_end = jnp.cumsum(is_end.astype(jnp.int32), axis=-1) > 0
-  out = jnp.where(seen_end, pad_id, tokens)
-  return out, (~seen_end).sum(axis=-1).astype(jnp.int32)
+  keep = ~seen_end & (tokens != pad_id)
+  # Stable sort on "dropped": kept tokens first, in their order.
+  order = jnp.argsort(~keep, axis=-1, stable=True)
+  lengths = keep.sum(axis=-1).astype(jnp.int32)
+  out = jnp.take_along_axis(tokens, order, axis=-1)
+  out = jnp.where(jnp.arange(tokens.shape[-1])[None, :] < lengths[:, None], out, pad_id)
+  return out, lengths
 
 
 def bucket(value: int, buckets: Sequence[int], what: str = "length") -> int:
@@ -117,6 +151,16 @@ def bucket(value: int, buckets: Sequence[int], what: str = "length") -> int:
   if i == len(buckets):
     raise ValueError(f"{what} {value} exceeds the largest bucket {buckets[-1]}")
   return buckets[i]
+
+
+def frame_source(model, ids: Sequence[int], max_length: int) -> list[int]:
+  """The model's encoder input for one tokenised source (framed as training
+  framed it, truncated to max_length positions); models without framing get
+  the ids truncated."""
+  frame = getattr(model, "frame_source", None)
+  if frame is None:
+    return [int(i) for i in ids][:max_length]
+  return frame(ids, max_length)
 
 
 class Generator:
@@ -157,12 +201,12 @@ class Generator:
       if not text.strip():
         raise ValueError(f"input {i} is empty")
       ids = list(self.vocab.encode(text))
-      if len(ids) > self.max_length:
-        logging.warning("input %d has %d tokens; truncated to max_length=%d", i, len(ids),
-                        self.max_length)
+      room = self.max_length - getattr(self.model, "source_overhead", 0)
+      if len(ids) > room:
+        logging.warning("input %d has %d tokens; truncated to %d (max_length=%d)", i, len(ids),
+                        room, self.max_length)
         self.num_truncated += 1
-        ids = ids[: self.max_length]
-      encoded.append(ids)
+      encoded.append(frame_source(self.model, ids, self.max_length))
     return encoded
 
   def generate(self, texts: Sequence[str], method: str = "viterbi",

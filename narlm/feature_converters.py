@@ -7,7 +7,11 @@ Task features (int32, rank 1, *no* eos: narlm tasks use `add_eos=False`):
 
 Model features, all of length `L = max(inputs_length, targets_length)`:
 
-  encoder_input_tokens   inputs[:inputs_length], right-padded with pad_id
+  encoder_input_tokens   inputs[:inputs_length], right-padded with pad_id; with
+                         source framing (`cls_id`/`sep_id` given, as NAG-BERT
+                         and every BERT model do): `[CLS] inputs[:inputs_length-2]
+                         [SEP]`, so target token y1 is predicted from the [CLS]
+                         position and the source counts n = m + 2 positions
   decoder_target_tokens  targets[:T] + [eos, eos], right-padded with pad_id
   decoder_loss_weights   1.0 on the real target tokens and both eos, else 0.0
 
@@ -109,6 +113,9 @@ class NarFeatureConverter(seqio.FeatureConverter):
       is unused: there is no shifted decoder input in NAG).
     eos_id: eos id appended twice to the targets (default `DEFAULT_EOS_ID`).
     pad_id: padding id (0 in seqio).
+    cls_id / sep_id: when both are given, sources are framed as
+      `[cls] x [sep]` (NAG-BERT's input layout); the two ids count against
+      `inputs_length`. None (default): sources are used as they are.
   """
 
   TASK_FEATURES = {
@@ -130,7 +137,9 @@ class NarFeatureConverter(seqio.FeatureConverter):
                bos_id: int = 0,
                passthrough_features: Optional[Mapping[str, FeatureSpec]] = None,
                eos_id: Optional[int] = None,
-               pad_id: int = 0):
+               pad_id: int = 0,
+               cls_id: Optional[int] = None,
+               sep_id: Optional[int] = None):
     if pack:
       raise ValueError(
           "NarFeatureConverter does not support packing (NAG-BERT needs one "
@@ -143,6 +152,10 @@ class NarFeatureConverter(seqio.FeatureConverter):
     self._pad_id = int(pad_id)
     if self._eos_id == self._pad_id:
       raise ValueError(f"eos_id and pad_id must differ, both are {pad_id}")
+    if (cls_id is None) != (sep_id is None):
+      raise ValueError(f"source framing needs both cls_id and sep_id, got cls_id={cls_id}, "
+                       f"sep_id={sep_id}")
+    self._framing = None if cls_id is None else (int(cls_id), int(sep_id))
     self.truncation_stats = TruncationStats()
 
   @classmethod
@@ -188,6 +201,12 @@ class NarFeatureConverter(seqio.FeatureConverter):
     lengths = self.get_model_feature_lengths(task_feature_lengths)
     length = lengths["encoder_input_tokens"]
     max_inputs = int(task_feature_lengths["inputs"])
+    framing = self._framing
+    if framing is not None:
+      if max_inputs < 3:
+        raise ValueError(f"inputs length {max_inputs} leaves no room for a source token "
+                         "between [CLS] and [SEP]; use an inputs length >= 3")
+      max_inputs -= 2  # room for [CLS] and [SEP]
     max_targets = min(int(task_feature_lengths["targets"]), length - 2)
     eos, pad = self._eos_id, self._pad_id
 
@@ -212,6 +231,9 @@ class NarFeatureConverter(seqio.FeatureConverter):
       with tf.control_dependencies([recorded]):
         inputs = tf.identity(inputs[:max_inputs])
         targets = tf.identity(targets[:max_targets])
+      if framing is not None:
+        inputs = tf.concat([tf.constant([framing[0]], tf.int32), inputs,
+                            tf.constant([framing[1]], tf.int32)], axis=0)
       targets = tf.concat([targets, tf.constant([eos, eos], tf.int32)], axis=0)
       out = {
           "encoder_input_tokens": pad_to_length(inputs, pad),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Mapping, MutableMapping, Optional
+from typing import Any, Mapping, MutableMapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +42,14 @@ class GeneratorModel:
   """
 
   def __init__(self, module: Any, input_vocabulary, output_vocabulary,
-               optimizer_def: Any = None, *, why_eos: str):
-    """``why_eos`` completes the error raised when the vocabulary has no eos."""
+               optimizer_def: Any = None, *, why_eos: str, frame_inputs: bool = True):
+    """``why_eos`` completes the error raised when the vocabulary has no eos.
+
+    ``frame_inputs``: frame sources as ``[CLS] x [SEP]`` (NAG-BERT's and
+    BERT's input layout) when the input vocabulary has a ``cls_id`` (narlm's
+    BERT WordPiece vocabulary does; SentencePiece vocabularies do not, and
+    their sources stay unframed).
+    """
     self.module = module
     self.input_vocabulary = input_vocabulary
     self.output_vocabulary = output_vocabulary
@@ -52,6 +58,27 @@ class GeneratorModel:
       raise ValueError(f"the output vocabulary has no eos id; {why_eos}")
     self.eos_id = int(output_vocabulary.eos_id)
     self.pad_id = int(getattr(output_vocabulary, "pad_id", 0) or 0)
+    cls_id = getattr(input_vocabulary, "cls_id", None)
+    self.source_framing: Optional[tuple[int, int]] = (
+        (int(cls_id), int(input_vocabulary.eos_id)) if frame_inputs and cls_id is not None
+        else None)
+
+  @property
+  def source_overhead(self) -> int:
+    """Positions the framing adds to every source (2 for [CLS] x [SEP])."""
+    return 0 if self.source_framing is None else 2
+
+  def frame_source(self, ids: Sequence[int], max_length: Optional[int] = None) -> list[int]:
+    """Host-side twin of the feature converter's framing: token ids of one
+    source (no special tokens) -> the encoder's input ids, truncated so the
+    framed row has at most ``max_length`` positions."""
+    ids = [int(i) for i in ids]
+    if max_length is not None:
+      ids = ids[:max(max_length - self.source_overhead, 0)]
+    if self.source_framing is None:
+      return ids
+    cls_id, sep_id = self.source_framing
+    return [cls_id, *ids, sep_id]
 
   # t5x reads FEATURE_CONVERTER_CLS from the instance and calls it with
   # (pack=..., use_custom_packing_ops=...): bind our eos id here.
@@ -59,7 +86,9 @@ class GeneratorModel:
   def FEATURE_CONVERTER_CLS(self):  # pylint: disable=invalid-name
     # Imported here: seqio/TensorFlow are only needed for data pipelines.
     from narlm.feature_converters import NarFeatureConverter  # pylint: disable=g-import-not-at-top
-    return functools.partial(NarFeatureConverter, eos_id=self.eos_id, pad_id=self.pad_id)
+    cls_id, sep_id = self.source_framing or (None, None)
+    return functools.partial(NarFeatureConverter, eos_id=self.eos_id, pad_id=self.pad_id,
+                             cls_id=cls_id, sep_id=sep_id)
 
   def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
     return self.loss_fn(params, batch, dropout_rng=None)  # pytype: disable=attribute-error

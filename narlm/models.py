@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from narlm import decoding
 from narlm import losses
+from narlm import output_vocab as output_vocab_lib
 from narlm.model_base import Batch, GeneratorModel, PyTree, check_encoder_input
 from narlm.model_metrics import average_metric
 from narlm.modules.network import NagBertNetwork
@@ -50,15 +51,21 @@ class NagBertModel(GeneratorModel):
     decode_method: default for prediction: 'viterbi', 'argmax' or
       'ratio_first' ('argmax' is forced when the network has no CRF).
     ratio_first_alpha: alpha for ratio-first decoding.
+    frame_inputs: sources framed as `[CLS] x [SEP]` (see GeneratorModel).
+
+  With a restricted output vocabulary (`module.output_vocab`), the network's
+  emissions and CRF work in output classes; this glue maps targets to
+  classes for the losses and decoded classes back to vocabulary ids, so
+  everything outside the model sees vocabulary ids only.
   """
 
   def __init__(self, module: NagBertNetwork, input_vocabulary, output_vocabulary,
                optimizer_def: Any = None, *, token_nll_weight: float = 0.5,
                label_smoothing: float = 0.0, unlikelihood_weight: float = 0.0,
                unlikelihood_window: int = 2, decode_method: str = "viterbi",
-               ratio_first_alpha: Optional[float] = None):
+               ratio_first_alpha: Optional[float] = None, frame_inputs: bool = True):
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
-                     why_eos="NAG-BERT targets end in two eos")
+                     why_eos="NAG-BERT targets end in two eos", frame_inputs=frame_inputs)
     self.token_nll_weight = token_nll_weight
     self.label_smoothing = label_smoothing
     self.unlikelihood_weight = unlikelihood_weight
@@ -67,6 +74,16 @@ class NagBertModel(GeneratorModel):
     if decode_method == "ratio_first" and ratio_first_alpha is None:
       raise ValueError("decode_method='ratio_first' needs ratio_first_alpha")
     self.ratio_first_alpha = ratio_first_alpha
+    if getattr(module, "use_crf", False) and getattr(module, "crf_self_transition", False):
+      exempt = set(getattr(module, "crf_self_transition_exempt_ids", ()))
+      if self.eos_id not in exempt:
+        raise ValueError(
+            f"the CRF's self-transitions must exempt eos (id {self.eos_id}): every target ends "
+            f"in eos eos; set CRF_SELF_TRANSITION_EXEMPT_IDS to include it (got {sorted(exempt)})")
+    out_vocab = getattr(module, "output_vocab", None)
+    if out_vocab is not None and out_vocab.vocab_size != output_vocabulary.vocab_size:
+      raise ValueError(f"OUTPUT_VOCAB was built for a vocabulary of {out_vocab.vocab_size} ids "
+                       f"but the model's output vocabulary has {output_vocabulary.vocab_size}")
 
   # ------------------------------------------------------------------ init
   def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, tuple],
@@ -82,6 +99,14 @@ class NagBertModel(GeneratorModel):
     return variables
 
   # ------------------------------------------------------------------ loss
+  def _classes(self, token_ids):
+    """Vocabulary ids -> the network's output classes."""
+    return output_vocab_lib.maybe_class_of(self.module.output_vocab, token_ids)
+
+  def _token_ids(self, classes):
+    """Output classes -> vocabulary ids."""
+    return output_vocab_lib.maybe_id_of(self.module.output_vocab, classes)
+
   def _logits(self, params, tokens, dropout_rng=None, num_positions=None):
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply({"params": params}, tokens, deterministic=dropout_rng is None,
@@ -99,6 +124,7 @@ class NagBertModel(GeneratorModel):
     weights = batch.get("decoder_loss_weights")
     if weights is None:
       weights = (targets != self.pad_id).astype(jnp.float32)
+    targets = self._classes(targets)
     logits = self._logits(params, batch["encoder_input_tokens"], dropout_rng)
     crf_ll = None
     if self.module.use_crf:
@@ -150,6 +176,7 @@ class NagBertModel(GeneratorModel):
     length = tokens_in.shape[1]
     if method == "argmax":
       tokens, scores = decoding.argmax_decode(self._logits(params, tokens_in))
+      tokens = self._token_ids(tokens)
       tokens, lengths = decoding.cut_at_first_eos(tokens, self.eos_id, self.pad_id)
     else:
       num_positions = length
@@ -167,6 +194,7 @@ class NagBertModel(GeneratorModel):
       logits = self._logits(params, tokens_in, num_positions=num_positions)
       tokens, scores = self.module.apply({"params": params}, logits, mask,
                                          method=NagBertNetwork.crf_decode)
+      tokens = self._token_ids(tokens)
       tokens, lengths = decoding.cut_at_first_eos(tokens, self.eos_id, self.pad_id, mask)
       if num_positions < length:  # back to [B, L], as every method returns
         tokens = jnp.pad(tokens, ((0, 0), (0, length - num_positions)),
@@ -186,6 +214,7 @@ class NagBertModel(GeneratorModel):
     weights = batch.get("decoder_loss_weights")
     if weights is None:
       weights = (targets != self.pad_id).astype(jnp.float32)
+    targets = self._classes(targets)
     logits = self._logits(params, batch["encoder_input_tokens"])
     if self.module.use_crf:
       return self._crf_log_likelihood(params, logits, targets, weights > 0)

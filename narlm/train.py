@@ -53,6 +53,10 @@ class DatasetConfig:
   shuffle: bool = True
   seed: int = 0
   use_cached: bool = False
+  # Group examples of similar length and cut each batch to the smallest of
+  # these lengths that holds it (plus the full length): a few static shapes
+  # instead of padding every row to the maximum. None = no bucketing.
+  length_buckets: Optional[Sequence[int]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +105,42 @@ def get_dataset(cfg: DatasetConfig, model, *, num_epochs: Optional[int] = None,
       # Let NarFeatureConverter truncate, so every over-long example is
       # counted and logged instead of silently trimmed by seqio.
       trim_output_features=False)
+  if cfg.length_buckets:
+    if num_shards > 1:
+      raise ValueError("length_buckets needs a single process: hosts would pick different "
+                       "bucket lengths for the same step")
+    return bucket_by_length(ds, cfg.length_buckets, cfg.batch_size, drop_remainder)
   return ds.batch(cfg.batch_size // num_shards, drop_remainder=drop_remainder)
+
+
+def bucket_by_length(ds, length_buckets: Sequence[int], batch_size: int,
+                     drop_remainder: bool = True):
+  """Batches of examples of similar length, each cut to its bucket's length.
+
+  An example's length is max(source positions, target positions incl. the
+  two eos). Examples are grouped by the smallest bucket that holds them
+  (buckets above the row length L are dropped and L is added), batched, and
+  every feature is cut from [B, L] to [B, bucket]: a model sees at most
+  len(buckets) + 1 shapes. The order is a deterministic function of the
+  input order, so resuming (which skips consumed batches) stays exact.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  full = int(ds.element_spec["encoder_input_tokens"].shape[0])
+  bounds = sorted({int(b) for b in length_buckets if 0 < int(b) < full} | {full})
+  bounds_t = tf.constant(bounds, tf.int64)
+
+  def key(ex):
+    n_in = tf.reduce_sum(tf.cast(ex["encoder_input_tokens"] != 0, tf.int64))
+    n_tgt = tf.reduce_sum(tf.cast(ex["decoder_loss_weights"] > 0, tf.int64))
+    return tf.searchsorted(bounds_t, tf.reshape(tf.maximum(n_in, n_tgt), [1]),
+                           out_type=tf.int64)[0]
+
+  def reduce(bucket, window):
+    cut = tf.gather(bounds_t, bucket)
+    return window.batch(batch_size, drop_remainder=drop_remainder).map(
+        lambda b: {k: v[:, :cut] for k, v in b.items()})
+
+  return ds.group_by_window(key, reduce, window_size=batch_size)
 
 
 # -------------------------------------------------------------------- state
@@ -119,9 +158,33 @@ def _checkpoint_dir(model_dir: str):
   return path if "://" in str(model_dir) else epath.Path(os.path.abspath(path))
 
 
-def restore_params(model_dir: str, step: Optional[int] = None) -> PyTree:
-  """Loads the parameters of a narlm checkpoint (latest by default), on host."""
+def _best_checkpoint_dir(model_dir: str):
+  """model_dir/best_checkpoint: the parameters of the best validation score."""
+  return _checkpoint_dir(model_dir).parent / "best_checkpoint"
+
+
+def best_checkpoint_step(model_dir: str) -> Optional[int]:
+  """Step of the run's best-validation checkpoint, or None if it has none."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = _best_checkpoint_dir(model_dir)
+  if not path.is_dir():
+    return None
+  with ocp.CheckpointManager(path) as manager:
+    return manager.latest_step()
+
+
+def restore_params(model_dir: str, step: Optional[int] = None,
+                   prefer_best: bool = True) -> PyTree:
+  """Loads the parameters of a narlm checkpoint, on host: the best-validation
+  checkpoint when the run kept one (see `train(best_metric=...)`) and
+  `prefer_best`, else the latest; or the given `step`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if step is None and prefer_best:
+    best = best_checkpoint_step(model_dir)
+    if best is not None:
+      logging.info("loading the best-validation checkpoint of %s (step %d)", model_dir, best)
+      with ocp.CheckpointManager(_best_checkpoint_dir(model_dir)) as manager:
+        return manager.restore(best, args=ocp.args.StandardRestore())["params"]
   path = _checkpoint_dir(model_dir)
   if not path.is_dir():
     raise FileNotFoundError(f"no checkpoints under {path}")
@@ -355,7 +418,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           distributed: Optional[DistributedConfig] = None,
           stop_after_steps: Optional[int] = None,
           nan_check_period: int = 1,
-          max_train_cpu_seconds: Optional[float] = None) -> Mapping[str, float]:
+          max_train_cpu_seconds: Optional[float] = None,
+          best_metric: Optional[str] = None, best_metric_mode: str = "max",
+          early_stopping_patience: Optional[int] = None) -> Mapping[str, float]:
   """Trains `model` on a seqio task; resumes from `model_dir` if it has a checkpoint.
 
   Args:
@@ -390,6 +455,14 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
       back from train_metrics.jsonl). The learning-rate schedule still
       follows train_steps: with a budget, use SCHEDULE = 'constant' or size
       train_steps to the budget.
+    best_metric: an evaluation result to select on, named as logged without
+      the 'eval/' prefix (e.g. 'sentcomp_bert/rougeL' or 'loss'). Every
+      evaluation is appended to model_dir/validation_curve.jsonl; when this
+      metric improves, the parameters are saved to model_dir/best_checkpoint
+      (which `restore_params`, narlm.serve and narlm.compare then load).
+    best_metric_mode: 'max' or 'min'.
+    early_stopping_patience: stop (save, keep the best checkpoint) after this
+      many evaluations in a row without a new best. None = never.
 
   Returns:
     The last logged training metrics (and eval metrics when run).
@@ -415,8 +488,16 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     raise ValueError(f"batch_size {train_dataset_cfg.batch_size} must be divisible by the data "
                      f"axis ({trainer.mesh.shape['data']}) x grad_accum_steps ({grad_accum_steps})")
   process, num_processes = jax.process_index(), jax.process_count()
+  if best_metric_mode not in ("max", "min"):
+    raise ValueError(f"best_metric_mode must be 'max' or 'min', got {best_metric_mode!r}")
+  if early_stopping_patience is not None and not best_metric:
+    raise ValueError("early_stopping_patience needs best_metric (the metric to stop on)")
+  if best_metric and (eval_dataset_cfg is None or not eval_period):
+    raise ValueError(f"best_metric={best_metric!r} needs periodic evaluation: set eval_period "
+                     "(EVAL_PERIOD) > 0 and an eval dataset")
   train_ds = get_dataset(train_dataset_cfg, model, shard_index=process, num_shards=num_processes)
-  length = int(train_ds.element_spec["encoder_input_tokens"].shape[1])
+  length = int(model.FEATURE_CONVERTER_CLS(pack=False).get_model_feature_lengths(
+      train_dataset_cfg.task_feature_lengths)["encoder_input_tokens"])
   batch_shape = (train_dataset_cfg.batch_size, length)
 
   state = trainer.init_state(batch_shape)
@@ -462,6 +543,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   end_step = min(train_steps, stop_after_steps) if stop_after_steps else train_steps
   cpu_spent_before = _train_cpu_seconds_logged(model_dir, start_step) if start_step else 0.0
   out_of_budget = False
+  early_stopped = False
+  tracker = BestTracker(model_dir, best_metric, best_metric_mode, early_stopping_patience,
+                        start_step, write=process == 0)
   try:
     step = start_step
     t0 = time.time()
@@ -494,8 +578,12 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
         save(step)
       if eval_dataset_cfg is not None and eval_period and step % eval_period == 0 \
           and step != train_steps:
-        last_metrics.update(_run_eval(trainer, state, eval_dataset_cfg, step, writer,
-                                      eval_steps, infer_eval_examples, decode_kwargs))
+        results = _run_eval(trainer, state, eval_dataset_cfg, step, writer,
+                            eval_steps, infer_eval_examples, decode_kwargs)
+        last_metrics.update(results)
+        if tracker.update(step, results, state["params"]):
+          early_stopped = True
+          break
     if out_of_budget:
       logging.info("CPU budget of %.0f s used up at step %d of %d: stopping", max_train_cpu_seconds,
                    step, train_steps)
@@ -503,11 +591,18 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
         _append_jsonl(os.path.join(model_dir, "train_metrics.jsonl"),
                       {"step": step, "train/cpu_seconds": cpu_seconds(),
                        "train/stopped_by_cpu_budget": 1.0})
+    if early_stopped:
+      logging.info("early stopping at step %d: no better %s for %d evaluations (best %.4f at "
+                   "step %d)", step, best_metric, early_stopping_patience, tracker.best_value,
+                   tracker.best_step)
     save(step, force=True)
     manager.wait_until_finished()
-    if eval_dataset_cfg is not None and (step == train_steps or out_of_budget):
-      last_metrics.update(_run_eval(trainer, state, eval_dataset_cfg, step, writer, eval_steps,
-                                    infer_eval_examples, decode_kwargs))
+    if eval_dataset_cfg is not None and (step == train_steps or out_of_budget) \
+        and not early_stopped:
+      results = _run_eval(trainer, state, eval_dataset_cfg, step, writer, eval_steps,
+                          infer_eval_examples, decode_kwargs)
+      last_metrics.update(results)
+      tracker.update(step, results, state["params"])
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -515,6 +610,76 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
   return last_metrics
+
+
+class BestTracker:
+  """Validation curve, best-checkpoint selection and early stopping.
+
+  Every evaluation is appended to model_dir/validation_curve.jsonl. On
+  resume the curve up to the restored step is read back, so the best value
+  and the patience count continue exactly.
+  """
+
+  def __init__(self, model_dir: str, metric: Optional[str], mode: str,
+               patience: Optional[int], start_step: int, write: bool = True):
+    import json  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self.model_dir, self.metric, self.mode, self.patience = model_dir, metric, mode, patience
+    self.write = write
+    self.curve_path = os.path.join(model_dir, "validation_curve.jsonl")
+    self.best_value: Optional[float] = None
+    self.best_step: Optional[int] = None
+    self.evals_since_best = 0
+    if metric and start_step and tf.io.gfile.exists(self.curve_path):
+      with tf.io.gfile.GFile(self.curve_path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except ValueError:
+            continue  # a line cut short by a kill
+          if record.get("step", start_step + 1) <= start_step:
+            self._observe(record["step"], record.get(f"eval/{metric}"))
+
+  def _better(self, value: float) -> bool:
+    if self.best_value is None:
+      return True
+    return value > self.best_value if self.mode == "max" else value < self.best_value
+
+  def _observe(self, step: int, value: Optional[float]) -> bool:
+    if value is not None and np.isfinite(value) and self._better(value):
+      self.best_value, self.best_step, self.evals_since_best = float(value), int(step), 0
+      return True
+    self.evals_since_best += 1
+    return False
+
+  def update(self, step: int, results: Mapping[str, float], params) -> bool:
+    """Records one evaluation; saves `params` if it is a new best. Returns
+    True when training should stop (patience used up)."""
+    if self.write:
+      _append_jsonl(self.curve_path, {"step": step, **results})
+    if not self.metric:
+      return False
+    key = f"eval/{self.metric}"
+    if key not in results:
+      raise ValueError(f"best_metric {self.metric!r} is not among the evaluation results "
+                       f"{sorted(k[len('eval/'):] for k in results)}")
+    if self._observe(step, results[key]):
+      self._save_best(step, params)
+    return self.patience is not None and self.evals_since_best >= self.patience
+
+  def _save_best(self, step: int, params) -> None:
+    import json  # pylint: disable=g-import-not-at-top
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
+                                           enable_async_checkpointing=False)
+    with ocp.CheckpointManager(_best_checkpoint_dir(self.model_dir), options=options) as m:
+      m.save(step, args=ocp.args.StandardSave({"params": params}), force=True)
+      m.wait_until_finished()
+    if self.write:
+      with tf.io.gfile.GFile(os.path.join(self.model_dir, "best.json"), "w") as f:
+        f.write(json.dumps({"step": step, "metric": self.metric, "value": self.best_value}) + "\n")
+    logging.info("new best %s = %.4f at step %d", self.metric, self.best_value, step)
 
 
 def _train_cpu_seconds_logged(model_dir: str, step: int) -> float:

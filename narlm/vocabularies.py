@@ -187,6 +187,11 @@ class WordPieceVocabulary(seqio.Vocabulary):
     return self.token_to_id("[CLS]")
 
   @property
+  def cls_id(self) -> int:
+    """`[CLS]`: the first position of a framed source (`[CLS] x [SEP]`)."""
+    return self.token_to_id("[CLS]")
+
+  @property
   def mask_id(self) -> Optional[int]:
     return self.token_to_id("[MASK]")
 

@@ -506,15 +506,19 @@ class OutputHead(nn.Module):
 
   @nn.compact
   def __call__(self, hidden: Array,
-               embedding: Optional[Array] = None) -> Array:
+               embedding: Optional[Array] = None,
+               output_ids: Optional[Array] = None) -> Array:
     """Vocabulary logits.
 
     Args:
       hidden: [B, L, D] encoder hidden states.
       embedding: [V, D] word-embedding table; required iff tied.
+      output_ids: optional int [V'] vocabulary ids: logits only for these
+        (a restricted output vocabulary: the projection's rows / columns and
+        the bias are gathered, so the parameters keep their [V] layout).
 
     Returns:
-      float32 [B, L, V] logits.
+      float32 [B, L, V] logits ([B, L, V'] with output_ids).
     """
     cfg = self.config
     init = nn.initializers.normal(stddev=cfg.initializer_range)
@@ -529,6 +533,8 @@ class OutputHead(nn.Module):
         raise ValueError('tie_output_embeddings=True needs the [vocab, embed] '
                          'word-embedding table.')
       kernel = jnp.asarray(embedding, cfg.compute_dtype)
+      if output_ids is not None:
+        kernel = jnp.take(kernel, output_ids, axis=0)
       # Accumulate in float32: logits feed a softmax / CRF over V classes.
       logits = jnp.einsum('bld,vd->blv', x, kernel,
                           preferred_element_type=jnp.float32)
@@ -539,13 +545,18 @@ class OutputHead(nn.Module):
       kernel = param_with_axes('output_kernel', init,
                                (cfg.hidden_size, cfg.vocab_size),
                                cfg.params_dtype, axes=('embed', 'vocab'))
-      logits = jnp.einsum('bld,dv->blv', x,
-                          jnp.asarray(kernel, cfg.compute_dtype),
+      kernel = jnp.asarray(kernel, cfg.compute_dtype)
+      if output_ids is not None:
+        kernel = jnp.take(kernel, output_ids, axis=1)
+      logits = jnp.einsum('bld,dv->blv', x, kernel,
                           preferred_element_type=jnp.float32)
     bias = param_with_axes('output_bias', nn.initializers.zeros,
                            (cfg.vocab_size,), cfg.params_dtype,
                            axes=('vocab',))
-    logits = logits.astype(jnp.float32) + jnp.asarray(bias, jnp.float32)
+    bias = jnp.asarray(bias, jnp.float32)
+    if output_ids is not None:
+      bias = jnp.take(bias, output_ids)
+    logits = logits.astype(jnp.float32) + bias
     return with_sharding_constraint(logits, ('batch', 'length', 'vocab'))
 
 
@@ -569,12 +580,13 @@ class BertWithHead(nn.Module):
                         token_type_ids=token_type_ids,
                         deterministic=deterministic)
 
-  def logits(self, hidden: Array) -> Array:
-    """[B, L, D] hidden -> float32 [B, L, V] logits."""
+  def logits(self, hidden: Array, output_ids: Optional[Array] = None) -> Array:
+    """[B, L, D] hidden -> float32 [B, L, V] logits ([B, L, V'] for the
+    int [V'] `output_ids`)."""
     embedding = None
     if self.config.tie_output_embeddings:
       embedding = self.encoder.embeddings.word_embeddings.embedding
-    return self.head(hidden, embedding)
+    return self.head(hidden, embedding, output_ids)
 
   def __call__(self, input_tokens: Array, *,
                attention_mask: Optional[Array] = None,
