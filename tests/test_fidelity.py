@@ -204,3 +204,39 @@ def test_best_tracker_selects_saves_stops_and_resumes(tmp_path):
   assert resumed.best_step == 20 and resumed.evals_since_best == 1
   with pytest.raises(ValueError, match="not among the evaluation results"):
     resumed.update(50, {"eval/loss": 1.0}, params)
+
+
+# --------------------------------------------------- source-aligned targets
+def test_source_aligned_targets_keep_or_pad_each_source_position():
+  from narlm.tasks import preprocessors as prep
+  src = [10, 11, 12, 11, 13, 14]
+  # greedy: 11 -> its first occurrence, 13 after it; 99 is not in the source: dropped
+  assert prep.source_aligned_targets(src, [11, 99, 13]) == [0, 0, 11, 0, 0, 13, 0]
+  assert prep.source_aligned_targets(src, [11, 11, 14], leading_pads=0) == [0, 11, 0, 11, 0, 14]
+  assert prep.source_aligned_targets(src, []) == [0] * 7
+  # decoding's pad skipping turns an aligned output back into the compression
+  aligned = jnp.asarray([prep.source_aligned_targets(src, [11, 13]) + [102, 102]])
+  out, length = decoding.cut_at_first_eos(aligned, eos_id=102, pad_id=0)
+  assert out[0, :int(length[0])].tolist() == [11, 13]
+
+
+def test_sentcomp_aligned_task_lines_targets_up_with_the_framed_source():
+  from narlm import tasks, vocabularies
+  task = tasks.get_task_or_mixture("sentcomp_aligned_bert")
+  vocab = vocabularies.bert_vocabulary()
+  model = models.NagBertModel(NagBertNetwork(encoder.bert_config("tiny", vocab.vocab_size),
+                                             use_crf=False), vocab, vocab)
+  conv = model.FEATURE_CONVERTER_CLS(pack=False)
+  ds = task.get_dataset(sequence_length=None, split="validation", shuffle=False).take(20)
+  raw = list(ds.as_numpy_iterator())
+  rows = list(conv(ds, {"inputs": 64, "targets": 64}).as_numpy_iterator())
+  for ex, row in zip(raw, rows):
+    enc, tgt = row["encoder_input_tokens"], row["decoder_target_tokens"]
+    kept = tgt != 0
+    n = int((enc != 0).sum())
+    # every kept target token sits on the same token of the framed source
+    assert (tgt[kept & (np.arange(64) < n - 1)] == enc[kept & (np.arange(64) < n - 1)]).all()
+    assert tgt[n - 1] == 102 and tgt[n] == 102  # eos at [SEP] and after it
+    words = vocab.decode([int(t) for t in tgt[:n - 1] if t])
+    assert words.split()[:3] == vocab.decode(vocab.encode(
+        ex["targets_pretokenized"].decode())).split()[:3]

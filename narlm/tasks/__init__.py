@@ -19,7 +19,7 @@ from narlm.tasks import finetuning  # pylint: disable=unused-import
 from narlm.tasks import pretraining  # pylint: disable=unused-import
 
 FINETUNING_TASKS = (
-    "sentcomp_bert", "sentcomp_t5", "sentcomp_distilled_bert", "iwslt14_de_en_bert",
+    "sentcomp_bert", "sentcomp_aligned_bert", "sentcomp_t5", "sentcomp_distilled_bert", "iwslt14_de_en_bert",
     "iwslt14_de_en_t5", "gigaword_bert", "gigaword_tfds_bert",
 )
 PRETRAINING_TASKS = (

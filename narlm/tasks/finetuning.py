@@ -6,6 +6,9 @@ and drops examples whose tokenised inputs are empty.
 
 Data (see narlm.tasks.sources for the directories and the bad-input policy):
 
+* sentcomp_aligned_bert: the same data with source-aligned targets
+  (`preprocessors.align_targets_to_source`: position i of the target is
+  source token i or pad; decoding skips pads), for deletion compression.
 * sentcomp_*: Google sentence compression, `$NARLM_DATA_DIR/sentcomp`
   {train,dev,test}.{src,tgt} (8,000 / 1,000 / 1,000); validation = dev.
 * iwslt14_de_en_*: IWSLT'14 de->en (lowercased, tokenised),
@@ -94,6 +97,20 @@ seqio.TaskRegistry.add(
         SRC_TGT_SPLITS, base_dir=sources.distilled_dir("sentcomp")),
     output_features=BERT_FEATURES,
     preprocessors=TEXT_PAIR_PREPROCESSORS,
+    postprocess_fn=prep.postprocess_for(BERT),
+    metric_fns=[metrics.rouge, metrics.compression_ratio],
+)
+
+# Deletion targets laid over the source ([CLS] x [SEP] framing: one leading
+# pad): output position i emits x_i or pad, and decoding skips the pads.
+# Metrics still compare against the reference compression.
+seqio.TaskRegistry.add(
+    "sentcomp_aligned_bert",
+    source=sources.PairedTextFileSource(
+        SRC_TGT_SPLITS, base_dir=sources.shared_dir("sentcomp")),
+    output_features=BERT_FEATURES,
+    preprocessors=[*TEXT_PAIR_PREPROCESSORS,
+                   functools.partial(prep.align_targets_to_source, leading_pads=1)],
     postprocess_fn=prep.postprocess_for(BERT),
     metric_fns=[metrics.rouge, metrics.compression_ratio],
 )
