@@ -13,10 +13,23 @@ Usage (the commands that produced BENCHMARKS.md's quality tables are there)::
 A system is ``NAME=MODEL_DIR:METHOD``: a narlm training run directory (its
 ``config.gin`` and newest checkpoint are loaded as by ``narlm.serve``) and a
 decode method: ``argmax``, ``viterbi`` or ``ratio_first`` for NagBertModel,
-``greedy`` for ArSeq2SeqModel. For ``ratio_first`` the ratio alpha is chosen
+``greedy`` for ArSeq2SeqModel, ``tag`` for the deletion tagger
+(narlm.tagger.TaggerModel). For ``ratio_first`` the ratio alpha is chosen
 on the *validation* split (the best ``--select_metric`` over ``--alphas``);
 the test split is decoded once per system, with the chosen alpha, and never
-used for a choice.
+used for a choice. Sources are framed as the model was trained
+(``model.frame_source``, e.g. ``[CLS] x [SEP]``) when the model frames them.
+
+Model-free baselines (``--baselines copy,lead``; the default for ROUGE tasks,
+see narlm.compare_baselines) are scored the same way: ``copy`` predicts the
+source, ``lead`` its first ceil(r n) words with r chosen on validation over
+``--lead_ratios``. ``--diff A,B`` (repeatable) reports the mean per-example
+test difference A - B (sentence ROUGE-L F1, or sentence BLEU for BLEU tasks)
+with a paired bootstrap 95% interval.
+
+Bad input (a missing or empty run directory, a run whose vocabulary is not
+the task's, an empty split, ...) is one ``error: ...`` line on stderr and
+exit status 2.
 
 Reported per system and split (metrics on the task's normalised text, as in
 training-time evaluation):
@@ -28,6 +41,8 @@ training-time evaluation):
   ids) equal to the token before them; the references' rate is reported as
   ``reference_repetition_rate`` for scale;
 * ``mean_output_tokens``;
+* ``per_example`` (test split): each example's sentence ROUGE-L F1 x 100 (or
+  sentence BLEU), the input of ``--diff``;
 * latency: ``latency_ms_batch1`` = median wall time of one sentence at batch
   1 over the first ``--latency_examples`` test sentences, and
   ``ms_per_sentence_batch32`` = wall time to decode the whole test split at
@@ -46,6 +61,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -54,8 +70,17 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from narlm import compare_baselines as baselines_lib
+from narlm.compare_baselines import paired_bootstrap  # noqa: F401  (public API)
+
+# Decode method -> the model class (serve.LoadedModel.kind) that runs it.
+METHOD_KINDS = {"argmax": "NagBertModel", "viterbi": "NagBertModel",
+                "ratio_first": "NagBertModel", "greedy": "ArSeq2SeqModel", "tag": "TaggerModel"}
+KIND_NAMES = {"NagBertModel": "a NAG-BERT run", "ArSeq2SeqModel": "an AR run",
+              "TaggerModel": "a tagger run"}
 NAR_METHODS = ("argmax", "viterbi", "ratio_first")
 AR_METHODS = ("greedy",)
+TAG_METHODS = ("tag",)
 LENGTH_BUCKETS = (16, 32, 64, 128)
 
 
@@ -93,10 +118,18 @@ def parse_system(spec: str) -> tuple[str, str, str]:
   model_dir, sep2, method = rest.rpartition(":")
   if not sep or not sep2 or not name or not model_dir:
     raise ValueError(f"--system {spec!r}: expected NAME=MODEL_DIR:METHOD")
-  if method not in NAR_METHODS + AR_METHODS:
+  if method not in METHOD_KINDS:
     raise ValueError(f"--system {spec!r}: unknown method {method!r}; expected one of "
-                     f"{NAR_METHODS + AR_METHODS}")
+                     f"{tuple(METHOD_KINDS)}")
   return name, model_dir, method
+
+
+def parse_diff(spec: str) -> tuple[str, str]:
+  """'A,B' -> (A, B)."""
+  names = [n.strip() for n in spec.split(",")]
+  if len(names) != 2 or not all(names) or names[0] == names[1]:
+    raise ValueError(f"--diff {spec!r}: expected A,B (two different system names)")
+  return names[0], names[1]
 
 
 def load_examples(task_name: str, split: str, limit: Optional[int] = None) -> list[dict]:
@@ -112,38 +145,106 @@ def load_examples(task_name: str, split: str, limit: Optional[int] = None) -> li
   return examples
 
 
+def check_run_dir(name: str, model_dir: str) -> None:
+  """A clear error when a local run directory is missing or holds no run."""
+  if "://" in model_dir:  # remote (gs://...): narlm.serve's load errors name it
+    return
+  where = f"--system {name}: run directory {model_dir}"
+  if not os.path.exists(model_dir):
+    raise FileNotFoundError(f"{where} does not exist")
+  if not os.path.isdir(model_dir):
+    raise ValueError(f"{where} is not a directory")
+  if not os.path.exists(os.path.join(model_dir, "config.gin")):
+    what = "is empty" if not os.listdir(model_dir) else "has no config.gin"
+    raise FileNotFoundError(f"{where} {what}: not a narlm training run (narlm.train writes "
+                            "config.gin and checkpoints/ there)")
+
+
+def load_run(name: str, model_dir: str):
+  """narlm.serve.load_model with errors that name the --system."""
+  from narlm import serve  # pylint: disable=g-import-not-at-top
+  try:
+    return serve.load_model(model_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"--system {name}: run directory {model_dir}: {e}") from e
+
+
+def _describe_vocabulary(vocab) -> str:
+  path = getattr(vocab, "vocab_file", None) or getattr(vocab, "sentencepiece_model_file", None)
+  return (f"{type(vocab).__name__}" + (f" {path}" if path else "") +
+          f" ({getattr(vocab, 'vocab_size', '?')} ids)")
+
+
+def check_vocabularies(name: str, loaded, task) -> None:
+  """The run's input/output vocabularies must be the task's: otherwise its
+  token ids would be read as other tokens."""
+  for side, feature in (("input", "inputs"), ("output", "targets")):
+    spec = task.output_features.get(feature)
+    ours = getattr(loaded.model, f"{side}_vocabulary")
+    if spec is not None and ours != spec.vocabulary:
+      raise ValueError(
+          f"--system {name}: the run in {loaded.model_dir} has {side} vocabulary "
+          f"{_describe_vocabulary(ours)} but task {task.name!r} tokenises its {feature} with "
+          f"{_describe_vocabulary(spec.vocabulary)}; compare it on a task with the run's "
+          "vocabulary (e.g. sentcomp_bert for BERT WordPiece runs, sentcomp_t5 for T5 runs)")
+
+
+def frame_input(model, ids: Sequence[int], max_length: int) -> list[int]:
+  """The encoder input of one tokenised source: truncated so that it fits
+  `max_length` positions together with the model's framing (e.g. `[CLS] x
+  [SEP]`, from `model.frame_source`; models without it use the ids as is)."""
+  ids = [int(i) for i in ids]
+  frame = getattr(model, "frame_source", None)
+  if frame is None:
+    return ids[:max_length]
+  overhead = len(frame([]))  # positions the framing adds (2 for [CLS] x [SEP])
+  return list(frame(ids[:max(max_length - overhead, 0)]))
+
+
 class Decoder:
   """Jitted, length-bucketed decoding of one loaded run with one method."""
 
   def __init__(self, loaded, method: str, max_length: int):
     import jax  # pylint: disable=g-import-not-at-top
-    kind = loaded.kind
-    if method in AR_METHODS and kind != "ArSeq2SeqModel":
-      raise ValueError(f"{loaded.model_dir}: method {method!r} needs an AR run, this is {kind}")
-    if method in NAR_METHODS and kind == "ArSeq2SeqModel":
-      raise ValueError(f"{loaded.model_dir}: method {method!r} needs a NAG-BERT run, "
-                       "this is an AR run (use :greedy)")
+    kind, expected = loaded.kind, METHOD_KINDS.get(method)
+    if expected is None:
+      raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHOD_KINDS)}")
+    # By class name, subclasses included (no model module imported here).
+    lineage = [c.__name__ for c in type(loaded.model).__mro__]
+    if expected not in lineage:
+      usable = [m for m, k in METHOD_KINDS.items() if k in lineage]
+      hint = f" (use :{' or :'.join(usable)})" if usable else ""
+      raise ValueError(f"{loaded.model_dir}: method {method!r} needs "
+                       f"{KIND_NAMES.get(expected, expected)}, this is {kind}{hint}")
     if method in ("viterbi", "ratio_first") and not loaded.model.module.use_crf:
       raise ValueError(f"{loaded.model_dir}: method {method!r} needs a CRF, the run has none")
     self.loaded, self.method, self.max_length = loaded, method, max_length
     self.buckets = tuple(b for b in LENGTH_BUCKETS if b < max_length) + (max_length,)
     self.pad_id = int(getattr(loaded.model.output_vocabulary, "pad_id", 0) or 0)
     model = loaded.model
+    # Positions the framing adds to every source (2 for [CLS] x [SEP]).
+    self.overhead = len(frame_input(model, [], max_length))
 
     def predict(params, tokens, alpha):
       batch = {"encoder_input_tokens": tokens}
       if method in AR_METHODS:
         return model.predict_batch_with_aux(params, batch, decode_method="greedy")
+      if method in TAG_METHODS:
+        return model.predict_batch_with_aux(params, batch)
       return model.predict_batch_with_aux(params, batch, decode_method=method, alpha=alpha)
 
     self._predict = jax.jit(predict, static_argnames=("alpha",))
 
+  def prepare(self, ids: Sequence[int]) -> list[int]:
+    """Task input ids -> the encoder input (truncated, framed)."""
+    return frame_input(self.loaded.model, ids, self.max_length)
+
   def __call__(self, inputs: Sequence[Sequence[int]], alpha: Optional[float] = None
                ) -> list[list[int]]:
-    """One padded batch -> output id lists (cut at the first eos)."""
+    """One padded batch of prepared inputs -> output id lists (cut at the first eos)."""
     import jax  # pylint: disable=g-import-not-at-top
     from narlm import decoding  # pylint: disable=g-import-not-at-top
-    # Callers truncate inputs to max_length, the largest bucket.
+    # Prepared inputs have at most max_length positions, the largest bucket.
     length = decoding.bucket(max(len(x) for x in inputs), self.buckets)
     tokens = np.full((len(inputs), length), self.pad_id, np.int32)
     for r, ids in enumerate(inputs):
@@ -161,12 +262,38 @@ class Decoder:
     return time.perf_counter() - t0
 
 
+def score(task, examples: Sequence[Mapping[str, Any]], predictions: Sequence[str],
+          outputs: Sequence[Sequence[int]], per_example: Optional[str] = None) -> dict[str, Any]:
+  """The task's metrics and ours for postprocessed `predictions` (texts) and
+  their `outputs` (output-vocabulary ids); `per_example` names the
+  per-example score to keep ('rougeL' / 'sentence_bleu'), None for none."""
+  targets = [task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)
+             for ex in examples]
+  result: dict[str, Any] = {}
+  for fn in task.metric_fns:
+    result.update({k: float(v) for k, v in fn(targets, predictions).items()})
+  ref_text = [t["text"] if isinstance(t, dict) else t for t in targets]
+  result["token_f1"] = token_f1(ref_text, predictions)
+  result["repetition_rate"] = repetition_rate(outputs)
+  result["reference_repetition_rate"] = repetition_rate(
+      [ex["targets"].tolist() for ex in examples])
+  result["mean_output_tokens"] = float(np.mean([len(o) for o in outputs]))
+  result["examples"] = len(examples)
+  if per_example:
+    scores = baselines_lib.sentence_scores(per_example, ref_text, predictions)
+    result["per_example"] = {"metric": per_example, "scores": [round(x, 4) for x in scores]}
+  result["samples"] = [{"source": str(ex["inputs_pretokenized"], "utf-8"),
+                        "reference": ref, "prediction": pred}
+                       for ex, ref, pred in list(zip(examples, ref_text, predictions))[:3]]
+  return result
+
+
 def evaluate(decoder: Decoder, task, examples: Sequence[Mapping[str, Any]],
-             alpha: Optional[float], batch_size: int = 32) -> dict[str, Any]:
+             alpha: Optional[float], batch_size: int = 32,
+             per_example: Optional[str] = None) -> dict[str, Any]:
   """Decodes `examples` at `batch_size`; returns metrics and timing."""
   vocab = decoder.loaded.model.output_vocabulary
-  inputs = [ex["inputs"][:decoder.max_length].tolist() for ex in examples]
-  outputs: list[list[int]] = []
+  inputs = [decoder.prepare(ex["inputs"]) for ex in examples]
   t0 = time.perf_counter()
   # Sorted by length so that batches share a bucket, as a server would batch.
   order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
@@ -182,24 +309,10 @@ def evaluate(decoder: Decoder, task, examples: Sequence[Mapping[str, Any]],
   seconds = time.perf_counter() - t0
   outputs = [by_position[i] for i in range(len(inputs))]
   predictions = [task.postprocess_fn(vocab.decode(ids), is_target=False) for ids in outputs]
-  targets = [task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)
-             for ex in examples]
-  result: dict[str, Any] = {}
-  for fn in task.metric_fns:
-    result.update({k: float(v) for k, v in fn(targets, predictions).items()})
-  ref_text = [t["text"] if isinstance(t, dict) else t for t in targets]
-  result["token_f1"] = token_f1(ref_text, predictions)
-  result["repetition_rate"] = repetition_rate(outputs)
-  result["reference_repetition_rate"] = repetition_rate(
-      [ex["targets"].tolist() for ex in examples])
-  result["mean_output_tokens"] = float(np.mean([len(o) for o in outputs]))
-  result["examples"] = len(examples)
-  result["truncated_inputs"] = int(sum(len(ex["inputs"]) > decoder.max_length
-                                       for ex in examples))
+  result = score(task, examples, predictions, outputs, per_example)
+  room = decoder.max_length - decoder.overhead
+  result["truncated_inputs"] = int(sum(len(ex["inputs"]) > room for ex in examples))
   result["ms_per_sentence_batch%d" % batch_size] = 1000.0 * seconds / len(examples)
-  result["samples"] = [{"source": str(ex["inputs_pretokenized"], "utf-8"),
-                        "reference": ref, "prediction": pred}
-                       for ex, ref, pred in list(zip(examples, ref_text, predictions))[:3]]
   return result
 
 
@@ -208,7 +321,7 @@ def batch1_latency_ms(decoder: Decoder, examples: Sequence[Mapping[str, Any]],
   """Median wall time (ms) of decoding one sentence at batch 1."""
   times = []
   for ex in examples:
-    ids = ex["inputs"][:decoder.max_length].tolist()
+    ids = decoder.prepare(ex["inputs"])
     t0 = time.perf_counter()
     decoder([ids], alpha)
     times.append(1000.0 * (time.perf_counter() - t0))
@@ -236,21 +349,49 @@ def compare(task_name: str, systems: Sequence[tuple[str, str, str]], *,
             alphas: Sequence[float], select_metric: Optional[str] = None,
             latency_examples: int = 100, batch_size: int = 32,
             limit: Optional[int] = None, test_limit: Optional[int] = None,
-            log=print) -> dict[str, Any]:
-  """Evaluates every system; returns {'metric', 'systems': {name: ...}}."""
-  from narlm import serve  # pylint: disable=g-import-not-at-top
+            baselines: Optional[Sequence[str]] = None,
+            lead_ratios: Sequence[float] = baselines_lib.LEAD_RATIOS,
+            diffs: Sequence[tuple[str, str]] = (), bootstrap_samples: int = 2000,
+            bootstrap_seed: int = 0, log=print) -> dict[str, Any]:
+  """Evaluates every system and baseline; returns {'metric', 'systems': {name: ...},
+  'differences': [...]}.
+
+  `baselines` None: copy and lead for ROUGE tasks, none otherwise. Every
+  input is checked (run directories, splits, vocabularies, --diff names)
+  before anything is decoded.
+  """
   from narlm import tasks  # pylint: disable=g-import-not-at-top
   task = tasks.get_task_or_mixture(task_name)
-  dev = load_examples(task_name, "validation", limit)
-  test = load_examples(task_name, "test", test_limit or limit)
   default_metric = "bleu" if any(fn.__name__ == "bleu" for fn in task.metric_fns) else "rougeL"
   metric = select_metric or default_metric
+  fn_names = {fn.__name__ for fn in task.metric_fns}
+  per_example = ("sentence_bleu" if "bleu" in fn_names else
+                 "rougeL" if "rouge" in fn_names else None)
+  if baselines is None:
+    baselines = baselines_lib.BASELINES if default_metric == "rougeL" else ()
+  names = [s[0] for s in systems] + list(baselines)
+  if not names:
+    raise ValueError(f"nothing to compare on {task_name!r}: give --system and/or --baselines")
+  if len(set(names)) != len(names):
+    raise ValueError(f"system and baseline names must be unique, got {names}")
+  for a, b in diffs:
+    unknown = [n for n in (a, b) if n not in names]
+    if unknown:
+      raise ValueError(f"--diff {a},{b}: no system named {unknown[0]!r}; known: {names}")
+  if diffs and per_example is None:
+    raise ValueError(f"--diff needs per-example ROUGE or BLEU; task {task_name!r} has neither")
+  for name, model_dir, _ in systems:
+    check_run_dir(name, model_dir)
+  dev = load_examples(task_name, "validation", limit)
+  test = load_examples(task_name, "test", test_limit or limit)
   loaded_runs: dict[str, Any] = {}
+  for name, model_dir, _ in systems:  # every run loads and fits the task first
+    if model_dir not in loaded_runs:
+      loaded_runs[model_dir] = load_run(name, model_dir)
+    check_vocabularies(name, loaded_runs[model_dir], task)
   report: dict[str, Any] = {"task": task_name, "metric": metric, "systems": {},
                             "validation_examples": len(dev), "test_examples": len(test)}
   for name, model_dir, method in systems:
-    if model_dir not in loaded_runs:
-      loaded_runs[model_dir] = serve.load_model(model_dir)
     loaded = loaded_runs[model_dir]
     max_length = loaded.input_length or LENGTH_BUCKETS[-1]
     decoder = Decoder(loaded, method, max_length)
@@ -271,13 +412,25 @@ def compare(task_name: str, systems: Sequence[tuple[str, str, str]], *,
     entry["compile_s"] = decoder.warm([1, batch_size], alpha)
     if method != "ratio_first":
       entry["validation"] = evaluate(decoder, task, dev, alpha, batch_size)
-    entry["test"] = evaluate(decoder, task, test, alpha, batch_size)
+    entry["test"] = evaluate(decoder, task, test, alpha, batch_size, per_example)
     entry["latency_ms_batch1"] = batch1_latency_ms(decoder, test[:latency_examples], alpha)
     entry["ms_per_sentence_batch%d" % batch_size] = entry["test"]["ms_per_sentence_batch%d"
                                                                   % batch_size]
     report["systems"][name] = entry
     log(f"[compare] {name}: test {metric}={entry['test'][metric]:.2f} "
         f"latency(b=1)={entry['latency_ms_batch1']:.1f}ms")
+  for name in baselines:
+    entry = baselines_lib.baseline_entry(
+        name, task, dev, test, score_fn=score, metric=metric, ratios=lead_ratios,
+        batch_size=batch_size, latency_examples=latency_examples, per_example=per_example,
+        log=log)
+    report["systems"][name] = entry
+    log(f"[compare] {name}: test {metric}={entry['test'][metric]:.2f}")
+  report["differences"] = baselines_lib.differences(report, diffs, bootstrap_samples,
+                                                    bootstrap_seed)
+  for d in report["differences"]:
+    log(f"[compare] {d['a']} - {d['b']}: {d['metric']} {d['mean']:+.2f} "
+        f"[{d['low']:+.2f}, {d['high']:+.2f}]")
   return report
 
 
@@ -285,37 +438,51 @@ TABLE_METRICS = {"rougeL": ("rouge1", "rouge2", "rougeL"), "bleu": ("bleu",)}
 
 
 def to_markdown(document: Mapping[str, Any]) -> str:
-  """Markdown tables (one per task) of a quality JSON written by --out."""
+  """Markdown tables (one per task, then its differences) of a quality JSON
+  written by --out."""
   lines = []
   for key, report in document.get("tasks", {}).items():
     if "systems" not in report:
       continue
     metrics = TABLE_METRICS.get(report.get("metric"), (report.get("metric"),))
-    header = (["system", "method", "alpha", "train steps", "train CPU s"] + list(metrics) +
+    header = (["system", "method", "alpha / r", "train steps", "train CPU s"] + list(metrics) +
               ["token F1", "repetition %", "output tokens", "latency b=1 (ms)",
                "ms/sentence b=32", "speedup b=1 vs AR"])
     lines += [f"**{key}** ({report.get('test_examples', '?')} test examples; "
-              f"alpha chosen on {report.get('validation_examples', '?')} validation examples)",
-              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+              f"alpha and r chosen on {report.get('validation_examples', '?')} validation "
+              "examples)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ar = [e for e in report["systems"].values() if e.get("kind") == "ArSeq2SeqModel"]
     ar_latency = ar[0]["latency_ms_batch1"] if ar else None
     for name, entry in report["systems"].items():
       test, train = entry["test"], entry.get("train", {})
       batch_key = next((k for k in entry if k.startswith("ms_per_sentence_batch")), None)
-      row = [name, entry["method"], f"{entry['alpha']:g}" if "alpha" in entry else "",
+      choice = entry.get("alpha", entry.get("ratio"))
+      is_model = entry.get("kind") != "baseline"
+      row = [name, entry["method"], f"{choice:g}" if choice is not None else "",
              str(train.get("step", "")), f"{train['train/cpu_seconds']:.0f}"
              if "train/cpu_seconds" in train else ""]
       row += [f"{test[m]:.2f}" for m in metrics]
       row += [f"{test['token_f1']:.2f}", f"{test['repetition_rate']:.2f}",
               f"{test['mean_output_tokens']:.1f}", f"{entry['latency_ms_batch1']:.1f}",
               f"{entry[batch_key]:.1f}" if batch_key else "",
-              f"{ar_latency / entry['latency_ms_batch1']:.1f}×" if ar_latency else ""]
+              f"{ar_latency / entry['latency_ms_batch1']:.1f}×"
+              if ar_latency and is_model else ""]
       lines.append("| " + " | ".join(row) + " |")
     ref = next(iter(report["systems"].values()))["test"].get("reference_repetition_rate")
     if ref is not None:
       lines += ["", f"Reference repetition rate: {ref:.2f}%."]
     lines.append("")
+    lines += baselines_lib.differences_markdown(report.get("differences", ()))
   return "\n".join(lines)
+
+
+def to_json(document: Any) -> str:
+  """Indented JSON with every list of numbers on one line (per-example
+  scores stay one line per system, not one line per example)."""
+  text = json.dumps(document, indent=1, sort_keys=True)
+  number = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+  return re.sub(rf"\[\s*({number}(?:,\s*{number})*)\s*\]",
+                lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
 
 
 def _machine() -> dict[str, Any]:
@@ -324,6 +491,18 @@ def _machine() -> dict[str, Any]:
           "cpus": os.cpu_count(), "jax": jax.__version__,
           "devices": [str(d) for d in jax.devices()],
           "load_average": list(os.getloadavg())}
+
+
+def _positive(flag: str):
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      value = 0
+    if value < 1:
+      raise argparse.ArgumentTypeError(f"{flag} must be a positive integer, got {text!r}")
+    return value
+  return parse
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
@@ -341,22 +520,35 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
       "\n")[0])
   parser.add_argument("--task", required=True, help="seqio task, e.g. sentcomp_bert")
   parser.add_argument("--key", help="name of the task in the JSON (default: --task)")
-  parser.add_argument("--system", action="append", required=True,
+  parser.add_argument("--system", action="append", default=[],
                       help="NAME=MODEL_DIR:METHOD (repeatable)")
+  parser.add_argument("--baselines", help="comma-separated subset of copy,lead, or 'none' "
+                      "(default: copy,lead for ROUGE tasks, none for BLEU tasks)")
+  parser.add_argument("--lead_ratios", default=",".join(f"{r:g}" for r in
+                                                        baselines_lib.LEAD_RATIOS),
+                      help="lead-baseline ratios r tried on the validation split")
+  parser.add_argument("--diff", action="append", default=[],
+                      help="A,B: mean test difference A - B with a paired bootstrap 95%% "
+                      "interval (repeatable)")
+  parser.add_argument("--bootstrap_samples", type=_positive("--bootstrap_samples"),
+                      default=2000)
+  parser.add_argument("--bootstrap_seed", type=int, default=0)
   parser.add_argument("--alphas", default="0.4,0.5,0.6,0.7,0.8,1.0",
                       help="ratio-first alphas tried on the validation split")
-  parser.add_argument("--select_metric", help="metric that picks alpha (default: rougeL / bleu)")
-  parser.add_argument("--latency_examples", type=int, default=100)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--limit", type=int, help="only the first N examples per split (smoke)")
-  parser.add_argument("--test_limit", type=int,
+  parser.add_argument("--select_metric",
+                      help="metric that picks alpha and r (default: rougeL / bleu)")
+  parser.add_argument("--latency_examples", type=_positive("--latency_examples"), default=100)
+  parser.add_argument("--batch_size", type=_positive("--batch_size"), default=32)
+  parser.add_argument("--limit", type=_positive("--limit"),
+                      help="only the first N examples per split (smoke)")
+  parser.add_argument("--test_limit", type=_positive("--test_limit"),
                       help="only the first N test examples (a documented subset)")
   parser.add_argument("--out", help="JSON file; an existing one is updated under tasks/KEY")
   args = parser.parse_args(argv)
   systems = [parse_system(s) for s in args.system]
-  names = [s[0] for s in systems]
-  if len(set(names)) != len(names):
-    raise ValueError(f"system names must be unique, got {names}")
+  diffs = [parse_diff(d) for d in args.diff]
+  baselines = (None if args.baselines is None else
+               baselines_lib.parse_baselines(args.baselines, baselines_lib.BASELINES))
   try:
     alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
   except ValueError as e:
@@ -366,7 +558,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
   t0 = time.time()
   report = compare(args.task, systems, alphas=alphas, select_metric=args.select_metric,
                    latency_examples=args.latency_examples, batch_size=args.batch_size,
-                   limit=args.limit, test_limit=args.test_limit, log=lambda m: print(m, file=sys.stderr, flush=True))
+                   limit=args.limit, test_limit=args.test_limit, baselines=baselines,
+                   lead_ratios=baselines_lib.parse_ratios(args.lead_ratios), diffs=diffs,
+                   bootstrap_samples=args.bootstrap_samples, bootstrap_seed=args.bootstrap_seed,
+                   log=lambda m: print(m, file=sys.stderr, flush=True))
   report["command"] = "python -m narlm.compare " + " ".join(argv)
   report["machine"] = _machine()
   report["wall_s"] = time.time() - t0
@@ -379,19 +574,25 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         raise ValueError(f"--out {args.out} exists but is not JSON: {e}") from e
     document.setdefault("tasks", {})
   document["tasks"][args.key or args.task] = report
-  text = json.dumps(document, indent=1, sort_keys=True)
   if args.out:
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text + "\n")
+      f.write(to_json(document) + "\n")
     os.replace(tmp, args.out)
-  print(json.dumps(report, indent=1, sort_keys=True))
+  print(to_json(report))
   return report
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str]) -> int:
+  """`python -m narlm.compare`: bad input is one 'error: ...' line on stderr
+  and exit status 2 (argparse's usage errors exit 2 too)."""
   try:
-    main(sys.argv[1:])
+    main(argv)
   except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli(sys.argv[1:]))
