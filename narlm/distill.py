@@ -11,7 +11,7 @@ Usage::
       --task sentcomp_bert --out /data/distilled/sentcomp \
       [--splits train] [--batch_size 32] [--limit N] [--alpha A] [--overwrite]
   export NARLM_DISTILLED_DIR=/data/distilled     # the task reads .../sentcomp
-  python -m narlm.train --gin_file=narlm/gin/quickstart_cpu.gin \
+  python -m narlm.train --gin_file=narlm/gin/tiny_cpu.gin \
       --gin.MIXTURE_OR_TASK_NAME="'sentcomp_distilled_bert'" --gin.MODEL_DIR=...
 
 `--model_dir` is a narlm training run (its config.gin and newest checkpoint

@@ -40,6 +40,7 @@ def standard_logical_axis_rules() -> list[tuple[str, Optional[str]]]:
       # narlm's own names: small tables that are cheaper replicated.
       ("crf_rank", None),
       ("type_vocab", None),
+      ("tag_classes", None),
       ("abspos_buckets", None),
       ("layers", None),
   ]

@@ -161,7 +161,9 @@ def decode_speedups(bench: Mapping[str, Any],
 def quality_points(quality: Mapping[str, Any], source: str = "quality JSON",
                    latency_key: str = LATENCY_KEY,
                    split: str = SPLIT) -> dict[str, dict[str, Any]]:
-  """{task: {'metric': name, 'points': [(system, latency ms, metric value), ...]}}."""
+  """{task: {'metric': name, 'points': [(system, latency ms, metric value), ...],
+  'baselines': [(system, metric value), ...]}}: model systems are points,
+  model-free baselines (kind 'baseline': copy, lead-k) horizontal lines."""
   tasks = _get(quality, ["tasks"], source)
   if not tasks:
     raise PlotInputError(f"{source}: 'tasks' is empty")
@@ -171,13 +173,16 @@ def quality_points(quality: Mapping[str, Any], source: str = "quality JSON",
     systems = _get(quality, ["tasks", task, "systems"], source)
     if not systems:
       raise PlotInputError(f"{source}: 'tasks.{task}.systems' is empty")
-    points = []
+    points, baselines = [], []
     for system in systems:
       base = ["tasks", task, "systems", system]
+      if systems[system].get("kind") == "baseline" if isinstance(systems[system], dict) else False:
+        baselines.append((system, _number(quality, base + [split, metric], source)))
+        continue
       latency = _number(quality, base + [latency_key], source, positive=True)
       value = _number(quality, base + [split, metric], source)
       points.append((system, latency, value))
-    out[task] = {"metric": metric, "points": points}
+    out[task] = {"metric": metric, "points": points, "baselines": baselines}
   return out
 
 
@@ -240,6 +245,10 @@ def plot_quality_vs_latency(quality: Mapping[str, Any], out_path: str | os.PathL
       ax.scatter([latency], [value], label=system)
       ax.annotate(system, (latency, value), textcoords="offset points", xytext=(4, 4),
                   fontsize="small")
+    for system, value in info.get("baselines", []):
+      ax.axhline(value, linestyle="--", linewidth=1, color="grey")
+      ax.annotate(f"{system} (no model)", (0.01, value), xycoords=("axes fraction", "data"),
+                  textcoords="offset points", xytext=(0, 3), fontsize="small", color="grey")
     ax.set_xscale("log")
     # Plain numbers on the major ticks; no minor-tick labels (they overlap).
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))

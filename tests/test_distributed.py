@@ -44,7 +44,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 1200  # seconds; two processes share 2 CPU cores
 
 TRAIN_ARGS = [
-    "--gin_file=narlm/gin/quickstart_cpu.gin",
+    "--gin_file=narlm/gin/tiny_cpu.gin",
     "--gin.TRAIN_STEPS=4",
     "--gin.BATCH_SIZE=8",
     "--gin.LOG_PERIOD=1",

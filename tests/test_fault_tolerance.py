@@ -54,7 +54,7 @@ DEVICES = 4
 RUN_TIMEOUT = 900  # seconds per trainer run (2 shared CPU cores can be slow)
 
 COMMON_ARGS = [
-    "--gin_file=narlm/gin/quickstart_cpu.gin",
+    "--gin_file=narlm/gin/tiny_cpu.gin",
     f"--gin.TRAIN_STEPS={TRAIN_STEPS}",
     "--gin.BATCH_SIZE=8",
     "--gin.LOG_PERIOD=1",

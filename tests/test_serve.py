@@ -77,8 +77,8 @@ def runs(tmp_path_factory, data_dir):
   del data_dir  # the vocabulary lives there
   root = tmp_path_factory.mktemp("runs")
   nar, ar = str(root / "nar"), str(root / "ar")
-  make_run(nar, ["narlm/gin/quickstart_cpu.gin"])
-  make_run(ar, ["narlm/gin/quickstart_cpu.gin", "narlm/gin/models/ar_tiny.gin"])
+  make_run(nar, ["narlm/gin/tiny_cpu.gin"])
+  make_run(ar, ["narlm/gin/tiny_cpu.gin", "narlm/gin/models/ar_tiny.gin"])
   return {"nar": nar, "ar": ar}
 
 

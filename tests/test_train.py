@@ -10,7 +10,7 @@ from train_utils import FAST, REPO, logged_losses, run_in_process, run_subproces
 
 GIN_DIR = REPO / "narlm" / "gin"
 # narlm-trainer experiments small enough to run a step of on CPU as shipped.
-CPU_EXPERIMENTS = ["quickstart_cpu.gin", "pretrain_cpu.gin", "finetune_sentcomp_minilm_cpu.gin"]
+CPU_EXPERIMENTS = ["quickstart_cpu.gin", "tiny_cpu.gin", "pretrain_cpu.gin", "finetune_sentcomp_minilm_cpu.gin"]
 # Full-size experiments: real model size, data swapped for the local stand-ins.
 FULL_EXPERIMENTS = {
     "pretrain_base.gin": "narlm_wiki_books_local",
@@ -113,7 +113,7 @@ import gin
 from narlm import train
 sys.argv = sys.argv[:1]
 gin.clear_config()
-train.parse_gin(["narlm/gin/quickstart_cpu.gin"], ["MODEL_DIR='/unused'", "NUM_MODEL_PARTITIONS=2"])
+train.parse_gin(["narlm/gin/tiny_cpu.gin"], ["MODEL_DIR='/unused'", "NUM_MODEL_PARTITIONS=2"])
 model = gin.query_parameter("%MODEL").scoped_configurable_fn()
 trainer = train.Trainer(model, num_model_partitions=2)
 state = trainer.init_state((8, 32))
@@ -170,7 +170,7 @@ def test_unknown_task_names_close_matches(tmp_path):
 
 def test_malformed_and_missing_gin_files(tmp_path):
   bad = tmp_path / "bad.gin"
-  bad.write_text("include 'narlm/gin/quickstart_cpu.gin'\nTRAIN_STEPS = = 3\n")
+  bad.write_text("include 'narlm/gin/tiny_cpu.gin'\nTRAIN_STEPS = = 3\n")
   with pytest.raises(ValueError, match="could not parse gin config"):
     run_in_process(tmp_path / "run", gin_file=str(bad))
   with pytest.raises(FileNotFoundError, match="gin file not found: nope.gin"):
@@ -203,7 +203,7 @@ def test_inference_eval_with_outputs_of_different_lengths():
   from narlm import train
   gin.clear_config()
   try:
-    train.parse_gin(["narlm/gin/quickstart_cpu.gin"], ["MODEL_DIR='/unused'"])
+    train.parse_gin(["narlm/gin/tiny_cpu.gin"], ["MODEL_DIR='/unused'"])
     model = gin.query_parameter("%MODEL").scoped_configurable_fn()
   finally:
     gin.clear_config()

@@ -19,7 +19,7 @@ FAST = [
 ]
 
 
-def run_in_process(model_dir, *args, gin_file="narlm/gin/quickstart_cpu.gin"):
+def run_in_process(model_dir, *args, gin_file="narlm/gin/tiny_cpu.gin"):
   import gin
   from narlm import train
   gin.clear_config()
@@ -29,7 +29,7 @@ def run_in_process(model_dir, *args, gin_file="narlm/gin/quickstart_cpu.gin"):
     gin.clear_config()
 
 
-def run_subprocess(model_dir, *args, gin_file="narlm/gin/quickstart_cpu.gin", devices=1,
+def run_subprocess(model_dir, *args, gin_file="narlm/gin/tiny_cpu.gin", devices=1,
                    timeout=600, check=True):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
