@@ -68,8 +68,16 @@ def test_null_ratio_is_left_out():
 def test_quality_points():
   pts = plots.quality_points(_quality())
   assert pts["sentcomp"] == {"metric": "rougeL",
-                             "points": [("nar_argmax", 9.1, 50.0), ("ar_greedy", 80.0, 60.0)]}
+                             "points": [("nar_argmax", 9.1, 50.0), ("ar_greedy", 80.0, 60.0)],
+                             "baselines": []}
   assert pts["iwslt14"]["metric"] == "bleu"
+  # model-free baselines (narlm.compare's copy / lead-k) are lines, not latency points
+  quality = _quality()
+  quality["tasks"]["sentcomp"]["systems"]["lead"] = {"kind": "baseline",
+                                                     "test": {"rougeL": 61.7}}
+  pts = plots.quality_points(quality)
+  assert pts["sentcomp"]["baselines"] == [("lead", 61.7)]
+  assert [p[0] for p in pts["sentcomp"]["points"]] == ["nar_argmax", "ar_greedy"]
 
 
 def test_cli_writes_both_pngs(tmp_path, capsys):

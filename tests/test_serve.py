@@ -196,12 +196,13 @@ def test_methods_default_to_all_and_ratio_first_is_bounded_by_alpha(url):
   assert status == 200, body
   assert [r["method"] for r in body["results"]] == ["argmax", "viterbi", "ratio_first",
                                                     "ar_greedy"]
-  # ratio-first decodes at most floor(alpha * n) + 2 positions (the last are eos).
+  # ratio-first decodes at most min(n, floor(alpha * n) + 2) positions, with
+  # n = WordPieces + [CLS] + [SEP] (the last decoded position is an eos).
   outputs = {r["method"]: r["outputs"][0] for r in body["results"]}
-  from narlm import vocabularies
+  from narlm import decoding, vocabularies
   vocab = vocabularies.get_vocabulary("bert_uncased")
-  n = len(vocab.encode(TEXTS[1]))
-  assert len(vocab.encode(outputs["ratio_first"])) <= int(0.6 * n) + 2
+  n = len(vocab.encode(TEXTS[1])) + 2
+  assert len(vocab.encode(outputs["ratio_first"])) <= decoding.ratio_first_window(n, 0.6)
 
 
 BAD_REQUESTS = [
