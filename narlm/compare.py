@@ -584,14 +584,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str]) -> int:
-  """`python -m narlm.compare`: bad input is one 'error: ...' line on stderr
-  and exit status 2 (argparse's usage errors exit 2 too)."""
-  try:
-    main(argv)
-  except (ValueError, FileNotFoundError) as e:
-    print("error: " + " ".join(str(e).split()), file=sys.stderr)
-    return 2
-  return 0
+  """main() with bad input as one line on stderr and exit status 2 (narlm.cli_errors)."""
+  from narlm import cli_errors  # pylint: disable=g-import-not-at-top
+  return cli_errors.run(main, argv)
 
 
 if __name__ == "__main__":
