@@ -154,7 +154,7 @@ def weights_up_to_first_eos(targets: jnp.ndarray, weights: jnp.ndarray,
 
 
 @functools.partial(jax.jit, static_argnames=("module", "max_length", "pad_id", "bos_id"))
-def greedy_decode(module: ArSeq2SeqNetwork, params: PyTree, encoder_input_tokens: jnp.ndarray,
+def greedy_decode(module: nn.Module, params: PyTree, encoder_input_tokens: jnp.ndarray,
                   eos_id: jnp.ndarray, *, max_length: int, pad_id: int = 0,
                   bos_id: int = 0) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Greedy decoding with the key/value cache, inside `jax.lax.while_loop`.
@@ -167,7 +167,8 @@ def greedy_decode(module: ArSeq2SeqNetwork, params: PyTree, encoder_input_tokens
   object with the same network shares one compiled program per shape.
 
   Args:
-    module: the network.
+    module: the network (ArSeq2SeqNetwork or narlm.prefix_lm.PrefixLmNetwork:
+      anything with `encode`, `init_cache` and `decode_step`).
     params: its parameters.
     encoder_input_tokens: int [B, S].
     eos_id: int32 scalar.
@@ -179,9 +180,9 @@ def greedy_decode(module: ArSeq2SeqNetwork, params: PyTree, encoder_input_tokens
     summed log-probabilities of the chosen tokens up to the first eos).
   """
   encoded, mask = module.apply({"params": params}, encoder_input_tokens,
-                               method=ArSeq2SeqNetwork.encode)
+                               method="encode")
   cache = module.apply({"params": params}, encoded, max_length,
-                       method=ArSeq2SeqNetwork.init_cache)
+                       method="init_cache")
   batch = encoder_input_tokens.shape[0]
   state = (jnp.zeros((), jnp.int32), jnp.full((batch,), bos_id, jnp.int32), cache,
            jnp.full((batch, max_length), pad_id, jnp.int32), jnp.zeros((batch,), bool),
@@ -194,7 +195,7 @@ def greedy_decode(module: ArSeq2SeqNetwork, params: PyTree, encoder_input_tokens
   def body(state):
     i, last, cache, tokens, done, scores = state
     logits, cache = module.apply({"params": params}, last, cache, i, mask,
-                                 method=ArSeq2SeqNetwork.decode_step)
+                                 method="decode_step")
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
     best_lp = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
@@ -219,12 +220,15 @@ class ArSeq2SeqModel(GeneratorModel):
     label_smoothing: epsilon of the token NLL (as in narlm.losses.token_nll).
   """
 
+  NETWORK_CLS = ArSeq2SeqNetwork
+
   def __init__(self, module: ArSeq2SeqNetwork, input_vocabulary, output_vocabulary,
                optimizer_def: Any = None, *, label_smoothing: float = 0.0,
                init_decoder_from_encoder: bool = False):
-    if not isinstance(module, ArSeq2SeqNetwork):
-      raise TypeError(f"module must be an ArSeq2SeqNetwork, got {type(module).__name__}")
-    module.decoder_layers  # pylint: disable=pointless-statement  (validates the depth)
+    if not isinstance(module, self.NETWORK_CLS):
+      raise TypeError(f"module must be a {self.NETWORK_CLS.__name__}, got {type(module).__name__}")
+    if isinstance(module, ArSeq2SeqNetwork):
+      module.decoder_layers  # pylint: disable=pointless-statement  (validates the depth)
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,

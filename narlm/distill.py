@@ -17,7 +17,9 @@ Usage::
 `--model_dir` is a narlm training run (its config.gin and newest checkpoint
 are loaded by `narlm.serve.load_model`); `--method` is `greedy` for an
 ArSeq2SeqModel run, `argmax`, `viterbi` or `ratio_first` (with `--alpha`
-unless the run binds RATIO_FIRST_ALPHA) for a NagBertModel run. Decoding is
+unless the run binds RATIO_FIRST_ALPHA) for a NagBertModel run, `tag` for a
+TaggerModel run (a deletion teacher, whose outputs the aligned task
+sentcomp_distilled_aligned_bert lays over the source exactly). Decoding is
 `narlm.compare.Decoder`'s (length-bucketed, jitted); inputs longer than the
 run's input length are truncated as in training (counted in distill.json).
 
@@ -56,7 +58,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from narlm import compare
 
-METHODS = compare.NAR_METHODS + compare.AR_METHODS
+METHODS = compare.NAR_METHODS + compare.AR_METHODS + compare.TAG_METHODS
 
 
 def _one_line(text: str) -> str:

@@ -70,6 +70,7 @@ logger = logging.getLogger("narlm.serve")
 NAR_METHODS = ("argmax", "viterbi", "ratio_first")
 AR_METHOD = "ar_greedy"
 ALL_METHODS = NAR_METHODS + (AR_METHOD,)
+MODEL_KINDS = ("NagBertModel", "ArSeq2SeqModel", "TaggerModel")
 REQUEST_FIELDS = ("texts", "methods", "alpha")
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -106,6 +107,11 @@ class LoadedModel:
 
   @property
   def kind(self) -> str:
+    """The model family: NagBertModel, ArSeq2SeqModel (PrefixLmModel is one)
+    or TaggerModel; another class's own name."""
+    for cls in type(self.model).__mro__:
+      if cls.__name__ in MODEL_KINDS:
+        return cls.__name__
     return type(self.model).__name__
 
 

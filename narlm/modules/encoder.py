@@ -327,10 +327,10 @@ class BertEmbeddings(nn.Module):
     self.dropout = nn.Dropout(cfg.hidden_dropout)
 
   def __call__(self, input_tokens: Array, token_type_ids: Array,
-               deterministic: bool) -> Array:
-    """int [B, L], int [B, L] -> [B, L, D]."""
-    length = input_tokens.shape[1]
-    positions = jnp.arange(length)[None, :]
+               deterministic: bool, positions: Optional[Array] = None) -> Array:
+    """int [B, L], int [B, L] (, int [B, L] positions; default 0..L-1) -> [B, L, D]."""
+    if positions is None:
+      positions = jnp.arange(input_tokens.shape[1])[None, :]
     # Sum in float32 (it is cheap) so bf16 compute only rounds once, in LN.
     x = (self.word_embeddings(input_tokens).astype(jnp.float32)
          + self.position_embeddings(positions).astype(jnp.float32)
@@ -345,16 +345,24 @@ class BertSelfAttention(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+               prefix_kv: Optional[Tuple[Array, Array]] = None,
+               return_kv: bool = False):
     """Attends every query to the allowed keys.
 
     Args:
       x: [B, L, D] hidden states.
-      key_mask: bool [B, L], True for keys that may be attended.
+      key_mask: bool [B, K] (every query alike) or [B, L, K] (per query),
+        True for keys that may be attended; K = P + L keys: the prefix's,
+        then x's own.
       deterministic: disables attention-probability dropout.
+      prefix_kv: optional (keys, values) [B, P, H, Dh] attended before x's
+        own (a prefix LM's source, or a key/value cache).
+      return_kv: also return x's own (keys, values) [B, L, H, Dh].
 
     Returns:
-      [B, L, D] attention output (before residual and LayerNorm).
+      [B, L, D] attention output (before residual and LayerNorm), and with
+      `return_kv` the (keys, values) pair.
     """
     cfg = self.config
     batch, length, _ = x.shape
@@ -370,13 +378,20 @@ class BertSelfAttention(nn.Module):
       return with_sharding_constraint(y, ('batch', 'length', 'heads', 'kv'))
 
     query, key, value = project('query'), project('key'), project('value')
+    own_kv = (key, value)
+    if prefix_kv is not None:
+      key = jnp.concatenate([prefix_kv[0].astype(key.dtype), key], axis=1)
+      value = jnp.concatenate([prefix_kv[1].astype(value.dtype), value], axis=1)
+    if key_mask.shape[-1] != key.shape[1] or key_mask.ndim not in (2, 3):
+      raise ValueError(f'key_mask shape {key_mask.shape} does not fit {key.shape[1]} keys')
+    mask = key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]
     # Scores and softmax in float32 even under bf16 (large logits / sums).
     scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
                         preferred_element_type=jnp.float32)
     scores = scores.astype(jnp.float32) / math.sqrt(head_dim)
     # `where` (not an additive -inf bias) keeps fully-masked rows finite: they
     # become a uniform average, like HF's finfo.min bias.
-    scores = jnp.where(key_mask[:, None, None, :], scores,
+    scores = jnp.where(mask, scores,
                        jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
     probs = nn.Dropout(cfg.attention_dropout)(probs,
@@ -387,7 +402,8 @@ class BertSelfAttention(nn.Module):
     out = Dense(cfg.hidden_size, ('joined_kv', 'embed'),
                 dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
                 kernel_init=init, name='out')(out)
-    return with_sharding_constraint(out, ('batch', 'length', 'embed'))
+    out = with_sharding_constraint(out, ('batch', 'length', 'embed'))
+    return (out, own_kv) if return_kv else out
 
 
 class BertMlp(nn.Module):
@@ -412,18 +428,26 @@ class BertLayer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, key_mask: Array, deterministic: bool) -> Array:
-    """[B, L, D], bool [B, L] -> [B, L, D]."""
+  def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+               prefix_kv: Optional[Tuple[Array, Array]] = None,
+               return_kv: bool = False):
+    """[B, L, D], bool mask -> [B, L, D] (see BertSelfAttention for the
+    mask, `prefix_kv` and `return_kv`, which adds the layer's own keys and
+    values to the result)."""
     cfg = self.config
     layer_norm = functools.partial(LayerNorm, cfg.layer_norm_eps,
                                    cfg.compute_dtype, cfg.params_dtype)
-    y = BertSelfAttention(cfg, name='attention')(x, key_mask, deterministic)
+    y = BertSelfAttention(cfg, name='attention')(x, key_mask, deterministic,
+                                                 prefix_kv, return_kv)
+    if return_kv:
+      y, own_kv = y
     y = nn.Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
     x = layer_norm(name='attention_layer_norm')(x + y)
     y = BertMlp(cfg, name='mlp')(x)
     y = nn.Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
     x = layer_norm(name='mlp_layer_norm')(x + y)
-    return with_sharding_constraint(x, ('batch', 'length', 'embed'))
+    x = with_sharding_constraint(x, ('batch', 'length', 'embed'))
+    return (x, own_kv) if return_kv else x
 
 
 # --------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """narlm's seqio tasks and mixtures; importing this package registers them.
 
-Fine-tuning (narlm.tasks.finetuning): sentcomp_bert, sentcomp_t5,
-sentcomp_distilled_bert, iwslt14_de_en_bert, iwslt14_de_en_t5, gigaword_bert,
-gigaword_tfds_bert.
+Fine-tuning (narlm.tasks.finetuning): sentcomp_bert, sentcomp_aligned_bert,
+sentcomp_t5, sentcomp_distilled_bert, sentcomp_distilled_aligned_bert,
+iwslt14_de_en_bert, iwslt14_de_en_t5, gigaword_bert, gigaword_tfds_bert.
 Pretraining (narlm.tasks.pretraining): wikipedia_bert, bookcorpus_bert,
 wikitext2_local_bert, books_local_bert; mixtures narlm_wiki_books,
 narlm_wiki_books_local.
@@ -19,7 +19,8 @@ from narlm.tasks import finetuning  # pylint: disable=unused-import
 from narlm.tasks import pretraining  # pylint: disable=unused-import
 
 FINETUNING_TASKS = (
-    "sentcomp_bert", "sentcomp_aligned_bert", "sentcomp_t5", "sentcomp_distilled_bert", "iwslt14_de_en_bert",
+    "sentcomp_bert", "sentcomp_aligned_bert", "sentcomp_t5", "sentcomp_distilled_bert",
+    "sentcomp_distilled_aligned_bert", "iwslt14_de_en_bert",
     "iwslt14_de_en_t5", "gigaword_bert", "gigaword_tfds_bert",
 )
 PRETRAINING_TASKS = (

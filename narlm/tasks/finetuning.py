@@ -20,6 +20,7 @@ Data (see narlm.tasks.sources for the directories and the bad-input policy):
   a teacher's outputs (sequence-level knowledge distillation, written by
   `python -m narlm.distill`), read from `$NARLM_DISTILLED_DIR/sentcomp`
   {train,dev,test}.{src,tgt}; dev/test there are copies of the gold files.
+  sentcomp_distilled_aligned_bert: the same files with source-aligned targets.
 * gigaword_bert: `$NARLM_GIGAWORD_DIR` {train,dev,test}.{src,tgt}.
 * gigaword_tfds_bert: TFDS `gigaword` 1.2.0, read-only: it must already be
   prepared in the TFDS data dir (`$TFDS_DATA_DIR`, default
@@ -108,6 +109,19 @@ seqio.TaskRegistry.add(
     "sentcomp_aligned_bert",
     source=sources.PairedTextFileSource(
         SRC_TGT_SPLITS, base_dir=sources.shared_dir("sentcomp")),
+    output_features=BERT_FEATURES,
+    preprocessors=[*TEXT_PAIR_PREPROCESSORS,
+                   functools.partial(prep.align_targets_to_source, leading_pads=1)],
+    postprocess_fn=prep.postprocess_for(BERT),
+    metric_fns=[metrics.rouge, metrics.compression_ratio],
+)
+
+# The distilled targets laid over the source, as sentcomp_aligned_bert does
+# with the references (a deletion teacher such as the tagger aligns exactly).
+seqio.TaskRegistry.add(
+    "sentcomp_distilled_aligned_bert",
+    source=sources.PairedTextFileSource(
+        SRC_TGT_SPLITS, base_dir=sources.distilled_dir("sentcomp")),
     output_features=BERT_FEATURES,
     preprocessors=[*TEXT_PAIR_PREPROCESSORS,
                    functools.partial(prep.align_targets_to_source, leading_pads=1)],
