@@ -38,11 +38,29 @@ def create_schedule(learning_rate: float, warmup_steps: int = 0, decay_steps: in
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def _base(name: str, schedule: optax.Schedule, weight_decay: float) -> optax.GradientTransformation:
+# Parameter names that BERT's recipe never decays: biases and LayerNorm
+# scales/offsets (narlm's LayerNorm calls them `scale` and `bias`).
+NO_DECAY_NAMES = ("bias", "scale", "output_bias")
+
+
+def decay_mask(params) -> Any:
+  """Pytree of bools like `params`: True where weight decay applies (every
+  parameter except biases and LayerNorm scales, as BERT's AdamW recipe)."""
+  def decays(path, _):
+    name = getattr(path[-1], "key", getattr(path[-1], "name", str(path[-1])))
+    return name not in NO_DECAY_NAMES
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _base(name: str, schedule: optax.Schedule, weight_decay: float,
+          decay_everything: bool = False) -> optax.GradientTransformation:
+  mask = None if decay_everything else decay_mask
   if name == "adamw":
-    return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay)
+    return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6, weight_decay=weight_decay,
+                       mask=mask)
   if name == "adafactor":
-    return optax.adafactor(schedule, weight_decay_rate=weight_decay or None)
+    return optax.adafactor(schedule, weight_decay_rate=weight_decay or None,
+                           weight_decay_mask=mask)
   if name == "sgd":
     return optax.sgd(schedule)
   raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
@@ -58,7 +76,8 @@ def create_optimizer(name: str = "adamw", learning_rate: float = 1e-4, *,
                      crf_learning_rate: Optional[float] = None, warmup_steps: int = 0,
                      decay_steps: int = 0, schedule: str = "linear",
                      weight_decay: float = 0.01,
-                     clip_gradient_norm: Optional[float] = 1.0) -> optax.GradientTransformation:
+                     clip_gradient_norm: Optional[float] = 1.0,
+                     decay_everything: bool = False) -> optax.GradientTransformation:
   """The optimizer narlm's trainer uses (bound as `NagBertModel.optimizer_def`).
 
   Args:
@@ -67,16 +86,19 @@ def create_optimizer(name: str = "adamw", learning_rate: float = 1e-4, *,
     crf_learning_rate: peak learning rate of the CRF parameters (default: the
       same as the encoder's).
     warmup_steps, decay_steps, schedule: see `create_schedule`.
-    weight_decay: decoupled weight decay.
+    weight_decay: decoupled weight decay, applied to weight matrices and
+      embeddings only (`decay_mask`: not to biases and LayerNorm scales).
     clip_gradient_norm: global-norm clipping (None disables it).
+    decay_everything: decay every parameter (narlm before this option; for
+      reproducing old runs).
   """
   encoder = _base(name, create_schedule(learning_rate, warmup_steps, decay_steps, schedule),
-                  weight_decay)
+                  weight_decay, decay_everything)
   if crf_learning_rate is None or crf_learning_rate == learning_rate:
     tx = encoder
   else:
     crf = _base(name, create_schedule(crf_learning_rate, warmup_steps, decay_steps, schedule),
-                weight_decay)
+                weight_decay, decay_everything)
     tx = optax.multi_transform(
         {"encoder": encoder, "crf": crf},
         lambda params: jax.tree_util.tree_map_with_path(lambda p, _: param_group(p), params))

@@ -196,6 +196,17 @@ def restore_params(model_dir: str, step: Optional[int] = None,
   return restored["params"]
 
 
+def dropout_root_key(seed: int) -> jax.Array:
+  """The root of the dropout stream (step s uses fold_in(root, s)).
+
+  Derived from PRNGKey(seed) by a fold_in with a fixed tag, so it is never
+  the init key of another seed (PRNGKey(seed + 1) once was)."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), DROPOUT_STREAM)
+
+
+DROPOUT_STREAM = 0x64726F70  # "drop"
+
+
 class Trainer:
   """Holds the mesh, shardings, jitted steps and the train state."""
 
@@ -296,7 +307,7 @@ class Trainer:
 
   def train_step(self, state, batch):
     import optax  # pylint: disable=g-import-not-at-top
-    rng = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), state["step"])
+    rng = jax.random.fold_in(dropout_root_key(self.seed), state["step"])
     loss, metrics, grads = self._grads(state["params"], batch, rng)
     updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
