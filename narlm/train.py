@@ -827,13 +827,26 @@ def main(argv: Sequence[str]) -> Mapping[str, float]:
   except ValueError as e:
     raise ValueError(f"the gin files {files} do not configure narlm.train.train "
                      "(include a narlm run gin, e.g. narlm/gin/runs/train.gin)") from e
-  result = configured()
   model_dir = _bound_model_dir(train_lib.train)
-  if model_dir and jax.process_index() == 0:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin.operative_config_str())
+  # The whole config now, so a run in progress (or killed) can be served and
+  # compared; the operative config (what was actually used) at the end.
+  _write_config(model_dir, gin.config_str())
+  result = configured()
+  _write_config(model_dir, gin.operative_config_str())
   return result
+
+
+def _write_config(model_dir: Optional[str], text: str) -> None:
+  """Writes MODEL_DIR/config.gin atomically (temp file + rename), process 0 only."""
+  if not model_dir or jax.process_index() != 0:
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.io.gfile.makedirs(model_dir)
+  path = os.path.join(model_dir, "config.gin")
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _bound_model_dir(fn) -> Optional[str]:

@@ -196,6 +196,12 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
   params = train.restore_params(str(tmp_path / "run"))
   import jax
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
+  # config.gin is written when training starts, so a run that died can be
+  # served / compared from its last good checkpoint.
+  from narlm import serve
+  loaded = serve.load_model(str(tmp_path / "run"))
+  assert type(loaded.model).__name__ == "NagBertModel"
+  assert not list((tmp_path / "run").glob("config.gin.tmp*"))
 
 
 def test_inference_eval_with_outputs_of_different_lengths():
