@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -431,7 +432,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           nan_check_period: int = 1,
           max_train_cpu_seconds: Optional[float] = None,
           best_metric: Optional[str] = None, best_metric_mode: str = "max",
-          early_stopping_patience: Optional[int] = None) -> Mapping[str, float]:
+          early_stopping_patience: Optional[int] = None,
+          config_text: Optional[str] = None) -> Mapping[str, float]:
   """Trains `model` on a seqio task; resumes from `model_dir` if it has a checkpoint.
 
   Args:
@@ -474,6 +476,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     best_metric_mode: 'max' or 'min'.
     early_stopping_patience: stop (save, keep the best checkpoint) after this
       many evaluations in a row without a new best. None = never.
+    config_text: written to model_dir/config.gin (atomically) before the
+      first step, so that a run in progress or killed can be served
+      (`narlm.train.main` passes the parsed gin config).
 
   Returns:
     The last logged training metrics (and eval metrics when run).
@@ -513,6 +518,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
 
   state = trainer.init_state(batch_shape)
   manager = _checkpoint_manager(model_dir, checkpoint_cfg)
+  if config_text is not None:  # before the first step: a killed run can be served
+    write_config(model_dir, config_text)
   latest = manager.latest_step()
   writer = metric_writers.create_default_writer(model_dir, just_logging=process > 0)
   if latest is not None:
@@ -787,6 +794,29 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
   except (SyntaxError, ValueError, KeyError, ImportError, TypeError) as e:
     raise ValueError(f"could not parse gin config {list(gin_files)} + {list(gin_bindings)}: "
                      f"{e}") from e
+  check_macro_bindings_are_used(gin_files, gin_bindings, gin.config_str())
+
+
+def check_macro_bindings_are_used(gin_files: Sequence[str], gin_bindings: Sequence[str],
+                                  config_text: str) -> None:
+  """Refuses a command-line macro binding (`--gin.NAME=...`) that nothing uses.
+
+  Gin accepts `NAME = 3` for any NAME (it just defines a macro), so a typo
+  such as `--gin.LEARNIG_RATE=1e-3` would silently train with the default.
+  A macro binding has an effect only if the parsed config references
+  `%NAME`; otherwise this raises a ValueError naming the binding, the gin
+  files and the closest macro names they do use.
+  """
+  import difflib  # pylint: disable=g-import-not-at-top
+  used = set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", config_text))
+  for binding in gin_bindings:
+    name = binding.split("=", 1)[0].strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in used:
+      continue  # a configurable's parameter (gin checks those) or a used macro
+    close = difflib.get_close_matches(name, sorted(used), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"gin binding {binding!r}: no gin file in {list(gin_files)} uses the "
+                     f"macro {name} (%{name}), so it would have no effect{hint}")
 
 
 def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
@@ -827,16 +857,15 @@ def main(argv: Sequence[str]) -> Mapping[str, float]:
   except ValueError as e:
     raise ValueError(f"the gin files {files} do not configure narlm.train.train "
                      "(include a narlm run gin, e.g. narlm/gin/runs/train.gin)") from e
-  model_dir = _bound_model_dir(train_lib.train)
-  # The whole config now, so a run in progress (or killed) can be served and
-  # compared; the operative config (what was actually used) at the end.
-  _write_config(model_dir, gin.config_str())
-  result = configured()
-  _write_config(model_dir, gin.operative_config_str())
+  # The whole config when the run starts, so a run in progress (or killed)
+  # can be served and compared; the operative config (what was actually
+  # used) at the end.
+  result = configured(config_text=gin.config_str())
+  write_config(_bound_model_dir(train_lib.train), gin.operative_config_str())
   return result
 
 
-def _write_config(model_dir: Optional[str], text: str) -> None:
+def write_config(model_dir: Optional[str], text: str) -> None:
   """Writes MODEL_DIR/config.gin atomically (temp file + rename), process 0 only."""
   if not model_dir or jax.process_index() != 0:
     return

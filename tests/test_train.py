@@ -180,6 +180,12 @@ def test_malformed_and_missing_gin_files(tmp_path):
   from narlm import train
   with pytest.raises(ValueError, match="unknown argument '--bogus'"):
     train.split_gin_args(["--gin_file=x.gin", "--bogus"])
+  # A typo'd or t5x-only macro would be silently ignored by gin: refused.
+  with pytest.raises(ValueError, match="LEARNIG_RATE.*did you mean LEARNING_RATE"):
+    run_in_process(tmp_path / "run", "--gin.LEARNIG_RATE=0.1")
+  with pytest.raises(ValueError, match="macro INITIAL_CHECKPOINT_PATH"):
+    run_in_process(tmp_path / "run", "--gin.INITIAL_CHECKPOINT_PATH='/tmp/ckpt'")
+  assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path):
