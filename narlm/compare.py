@@ -61,7 +61,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -72,6 +71,7 @@ import numpy as np
 
 from narlm import compare_baselines as baselines_lib
 from narlm.compare_baselines import paired_bootstrap  # noqa: F401  (public API)
+from narlm.compare_report import TABLE_METRICS, summary, to_json, to_markdown  # noqa: F401
 
 # Decode method -> the model class (serve.LoadedModel.kind) that runs it.
 METHOD_KINDS = {"argmax": "NagBertModel", "viterbi": "NagBertModel",
@@ -434,57 +434,6 @@ def compare(task_name: str, systems: Sequence[tuple[str, str, str]], *,
   return report
 
 
-TABLE_METRICS = {"rougeL": ("rouge1", "rouge2", "rougeL"), "bleu": ("bleu",)}
-
-
-def to_markdown(document: Mapping[str, Any]) -> str:
-  """Markdown tables (one per task, then its differences) of a quality JSON
-  written by --out."""
-  lines = []
-  for key, report in document.get("tasks", {}).items():
-    if "systems" not in report:
-      continue
-    metrics = TABLE_METRICS.get(report.get("metric"), (report.get("metric"),))
-    header = (["system", "method", "alpha / r", "train steps", "train CPU s"] + list(metrics) +
-              ["token F1", "repetition %", "output tokens", "latency b=1 (ms)",
-               "ms/sentence b=32", "speedup b=1 vs AR"])
-    lines += [f"**{key}** ({report.get('test_examples', '?')} test examples; "
-              f"alpha and r chosen on {report.get('validation_examples', '?')} validation "
-              "examples)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    ar = [e for e in report["systems"].values() if e.get("kind") == "ArSeq2SeqModel"]
-    ar_latency = ar[0]["latency_ms_batch1"] if ar else None
-    for name, entry in report["systems"].items():
-      test, train = entry["test"], entry.get("train", {})
-      batch_key = next((k for k in entry if k.startswith("ms_per_sentence_batch")), None)
-      choice = entry.get("alpha", entry.get("ratio"))
-      is_model = entry.get("kind") != "baseline"
-      row = [name, entry["method"], f"{choice:g}" if choice is not None else "",
-             str(train.get("step", "")), f"{train['train/cpu_seconds']:.0f}"
-             if "train/cpu_seconds" in train else ""]
-      row += [f"{test[m]:.2f}" for m in metrics]
-      row += [f"{test['token_f1']:.2f}", f"{test['repetition_rate']:.2f}",
-              f"{test['mean_output_tokens']:.1f}", f"{entry['latency_ms_batch1']:.1f}",
-              f"{entry[batch_key]:.1f}" if batch_key else "",
-              f"{ar_latency / entry['latency_ms_batch1']:.1f}×"
-              if ar_latency and is_model else ""]
-      lines.append("| " + " | ".join(row) + " |")
-    ref = next(iter(report["systems"].values()))["test"].get("reference_repetition_rate")
-    if ref is not None:
-      lines += ["", f"Reference repetition rate: {ref:.2f}%."]
-    lines.append("")
-    lines += baselines_lib.differences_markdown(report.get("differences", ()))
-  return "\n".join(lines)
-
-
-def to_json(document: Any) -> str:
-  """Indented JSON with every list of numbers on one line (per-example
-  scores stay one line per system, not one line per example)."""
-  text = json.dumps(document, indent=1, sort_keys=True)
-  number = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
-  return re.sub(rf"\[\s*({number}(?:,\s*{number})*)\s*\]",
-                lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
-
-
 def _machine() -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   return {"platform": platform.platform(), "python": platform.python_version(),
@@ -544,6 +493,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
   parser.add_argument("--test_limit", type=_positive("--test_limit"),
                       help="only the first N test examples (a documented subset)")
   parser.add_argument("--out", help="JSON file; an existing one is updated under tasks/KEY")
+  parser.add_argument("--json", action="store_true",
+                      help="print the whole report as JSON (default: a table and samples)")
   args = parser.parse_args(argv)
   systems = [parse_system(s) for s in args.system]
   diffs = [parse_diff(d) for d in args.diff]
@@ -579,7 +530,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(to_json(document) + "\n")
     os.replace(tmp, args.out)
-  print(to_json(report))
+  print(to_json(report) if args.json else summary(args.key or args.task, report, args.out))
   return report
 
 

@@ -42,6 +42,7 @@ Design decisions
   design): `pack=True` raises ValueError.
 """
 
+import logging as logging_std
 import threading
 from typing import Dict, Mapping, Optional
 
@@ -53,6 +54,7 @@ FeatureSpec = seqio.FeatureConverter.FeatureSpec
 
 _LOG_FIRST_N = 10
 _LOG_EVERY_N = 1000
+_ANNOUNCED: set = set()  # (max_inputs, max_targets) already noted on the console
 
 
 class TruncationStats:
@@ -187,6 +189,13 @@ class NarFeatureConverter(seqio.FeatureConverter):
     tgt_drop = max(int(n_targets) - int(max_targets), 0)
     TRUNCATION_STATS.add(in_drop, tgt_drop)
     count = self.truncation_stats.add(in_drop, tgt_drop)
+    if (int(max_inputs), int(max_targets)) not in _ANNOUNCED:
+      # Once per process and lengths on the console (narlm.console); the
+      # per-example lines below go to the log file.
+      _ANNOUNCED.add((int(max_inputs), int(max_targets)))
+      logging_std.getLogger("narlm.console").info(
+          "note: over-long examples are truncated to %d input / %d target tokens, not dropped "
+          "(each one is counted in the log file)", int(max_inputs), int(max_targets))
     if count <= _LOG_FIRST_N or count % _LOG_EVERY_N == 0:
       logging.warning(
           "NarFeatureConverter truncated an example (inputs %d -> %d tokens, "

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from narlm import console
 from narlm import partitioning
 
 PyTree = Any
@@ -524,7 +525,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   writer = metric_writers.create_default_writer(model_dir, just_logging=process > 0)
   if latest is not None:
     from narlm import checkpoints  # pylint: disable=g-import-not-at-top
-    logging.info("resuming from %s step %d", model_dir, latest)
+    console.say("resuming from %s step %d", model_dir, latest)
     # Validates the step first: a damaged checkpoint is a CheckpointError
     # naming the step and path, never a deep orbax/tensorstore traceback.
     state = checkpoints.restore(manager, latest, trainer.abstract_state(batch_shape))
@@ -533,6 +534,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     params = model.warm_start_from_hf_bert(params, init_checkpoint)
     state = trainer.put_params(state, params)
   start_step = int(jax.device_get(state["step"]))
+  if process == 0:
+    _print_header(model, state["params"], train_dataset_cfg, train_steps, start_step,
+                  init_checkpoint if latest is None else None)
   last_saved = latest
 
   def save(step: int, force: bool = False):
@@ -592,6 +596,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
         if process == 0:
           _append_jsonl(os.path.join(model_dir, "train_metrics.jsonl"),
                         {"step": step, **last_metrics})
+          console.say(console.progress_line(step, train_steps, last_metrics,
+                                            last_metrics["train/steps_per_sec"],
+                                            end_step - step))
       if checkpoint_cfg.period and step % checkpoint_cfg.period == 0:
         save(step)
       if eval_dataset_cfg is not None and eval_period and step % eval_period == 0 \
@@ -603,16 +610,16 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           early_stopped = True
           break
     if out_of_budget:
-      logging.info("CPU budget of %.0f s used up at step %d of %d: stopping", max_train_cpu_seconds,
-                   step, train_steps)
+      console.say("CPU budget of %.0f s used up at step %d of %d: stopping",
+                  max_train_cpu_seconds, step, train_steps)
       if process == 0:
         _append_jsonl(os.path.join(model_dir, "train_metrics.jsonl"),
                       {"step": step, "train/cpu_seconds": cpu_seconds(),
                        "train/stopped_by_cpu_budget": 1.0})
     if early_stopped:
-      logging.info("early stopping at step %d: no better %s for %d evaluations (best %.4f at "
-                   "step %d)", step, best_metric, early_stopping_patience, tracker.best_value,
-                   tracker.best_step)
+      console.say("early stopping at step %d: no better %s for %d evaluations (best %.4f at "
+                  "step %d)", step, best_metric, early_stopping_patience, tracker.best_value,
+                  tracker.best_step)
     save(step, force=True)
     manager.wait_until_finished()
     if eval_dataset_cfg is not None and (step == train_steps or out_of_budget) \
@@ -621,6 +628,11 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
                           infer_eval_examples, decode_kwargs)
       last_metrics.update(results)
       tracker.update(step, results, state["params"])
+    if process == 0:
+      best = (f"; best {best_metric} {tracker.best_value:.2f} at step {tracker.best_step} "
+              "(best_checkpoint/)" if best_metric and tracker.best_step is not None else "")
+      console.say("done: step %d, %s CPU time%s; run directory %s", step,
+                  console.format_duration(cpu_seconds()), best, model_dir)
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -697,7 +709,7 @@ class BestTracker:
     if self.write:
       with tf.io.gfile.GFile(os.path.join(self.model_dir, "best.json"), "w") as f:
         f.write(json.dumps({"step": step, "metric": self.metric, "value": self.best_value}) + "\n")
-    logging.info("new best %s = %.4f at step %d", self.metric, self.best_value, step)
+    console.say("  new best %s = %.2f at step %d", self.metric, self.best_value, step)
 
 
 def _train_cpu_seconds_logged(model_dir: str, step: int) -> float:
@@ -768,13 +780,34 @@ def _run_eval(trainer, state, cfg, step, writer, eval_steps, infer_eval_examples
         value = getattr(value, "value", value)
         if np.ndim(value) == 0:
           results[f"eval/{task_name}/{name}"] = float(value)
-    for source, prediction, target in samples:
-      logging.info("sample\n  input:      %s\n  prediction: %s\n  target:     %s", source,
-                   prediction, target)
-    results_samples = samples
-    del results_samples
+  else:
+    samples = []
+  if jax.process_index() == 0:
+    for line in console.eval_lines(step, results, samples):
+      console.say(line)
   writer.write_scalars(step, results)
   return results
+
+
+def _print_header(model, params, data_cfg: DatasetConfig, train_steps: int, start_step: int,
+                  warm_start: Optional[str]) -> None:
+  """The console header: model, parameters, data, devices."""
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+  cfg = getattr(model.module, "config", None)
+  shape = (f", {cfg.num_layers} layers, d={cfg.hidden_size}" if cfg is not None else "")
+  extra = ""
+  if getattr(model.module, "use_crf", False):
+    extra = f", CRF rank {model.module.crf_rank} beam {model.module.crf_beam_size}"
+  devices = jax.devices()
+  console.say("model    %s (%s%s%s), %.1fM parameters", type(model).__name__,
+              type(model.module).__name__, shape, extra, num_params / 1e6)
+  console.say("data     %s, batch %d, lengths %s", data_cfg.mixture_or_task_name,
+              data_cfg.batch_size, dict(data_cfg.task_feature_lengths))
+  console.say("devices  %d x %s (%d process%s)", len(devices), devices[0].device_kind,
+              jax.process_count(), "es" if jax.process_count() > 1 else "")
+  start = f"resuming at step {start_step}" if start_step else (
+      f"warm start from {warm_start}" if warm_start else "from scratch")
+  console.say("training %d steps, %s", train_steps, start)
 
 
 # --------------------------------------------------------------------- main
@@ -852,6 +885,11 @@ def main(argv: Sequence[str]) -> Mapping[str, float]:
   from narlm import train as train_lib  # pylint: disable=g-import-not-at-top,import-self
   files, bindings, search = split_gin_args(argv)
   train_lib.parse_gin(files, bindings, search)
+  model_dir = _bound_model_dir(train_lib.train)
+  log_path = console.log_to_file(model_dir) if jax.process_index() == 0 else None
+  if jax.process_index() == 0:
+    console.say("narlm.train  %s -> %s%s", " ".join(files), model_dir,
+                f"  (full log: {log_path})" if log_path else "")
   try:
     configured = gin.get_configurable(train_lib.train)
   except ValueError as e:
@@ -889,9 +927,10 @@ def _bound_model_dir(fn) -> Optional[str]:
 
 def console_main() -> None:
   from narlm import checkpoints  # pylint: disable=g-import-not-at-top
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  argv, verbosity = console.pop_verbosity(sys.argv[1:])
+  console.setup(verbosity)
   try:
-    main(sys.argv[1:])
+    main(argv)
   except (TrainingError, ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
     logging.error("%s", e)
     logging.debug("traceback", exc_info=True)

@@ -177,7 +177,7 @@ def test_cpu_collectives_across_two_processes(tmp_path):
 @pytest.mark.slow
 def test_two_process_training_matches_single_process(tmp_path, data_dir):
   cache = tmp_path / "jax_cache"
-  train = [sys.executable, "-m", "narlm.train"]
+  train = [sys.executable, "-m", "narlm.train", "--verbosity=1"]  # full log: greps below
 
   # 1. Two processes x 4 devices, stopping (with a checkpoint) at STOP_AT.
   multi = tmp_path / "multi"
@@ -271,7 +271,8 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, data_dir):
 
   args = [a for a in TRAIN_ARGS if not a.startswith("--gin.TRAIN_STEPS=")]
   rcs = run_all(
-      [[sys.executable, "-m", "narlm.train", f'--gin.MODEL_DIR="{model_dir}"', *args,
+      [[sys.executable, "-m", "narlm.train", "--verbosity=1", f'--gin.MODEL_DIR="{model_dir}"',
+        *args,
         "--gin.TRAIN_STEPS=200", *distributed_args(port, i)] for i in range(2)],
       [env_for(4, port, data_dir, tmp_path / "jax_cache")] * 2, logs, timeout=600,
       during=sigterm_process_1)

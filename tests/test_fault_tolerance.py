@@ -111,7 +111,8 @@ class Run:
     self.start = time.time()
     with open(log, "w") as f:
       self.proc = subprocess.Popen(
-          [sys.executable, "-m", "narlm.train", f'--gin.MODEL_DIR="{model_dir}"',
+          # --verbosity=1: the full log (orbax's commit lines) on stdout
+          [sys.executable, "-m", "narlm.train", "--verbosity=1", f'--gin.MODEL_DIR="{model_dir}"',
            *COMMON_ARGS, *extra_args],
           cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 

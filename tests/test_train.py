@@ -252,3 +252,23 @@ def test_cpu_budget_counts_cpu_time_logged_before_a_resume(tmp_path):
   assert train._train_cpu_seconds_logged(str(tmp_path), 7) == 50.0
   with pytest.raises(ValueError, match="max_train_cpu_seconds must be > 0"):
     run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", "--gin.MAX_TRAIN_CPU_SECONDS=0", *FAST)
+
+
+def test_console_shows_progress_for_people_and_the_log_file_keeps_the_rest(tmp_path):
+  run = tmp_path / "run"
+  proc = run_subprocess(run, "--gin.TRAIN_STEPS=4", *FAST, "--gin.LOG_PERIOD=2")
+  out = proc.stdout.splitlines()
+  assert out[0].startswith("narlm.train  narlm/gin/tiny_cpu.gin -> ") and "train.log" in out[0]
+  assert any(l.startswith("model    NagBertModel (NagBertNetwork, ") for l in out)
+  assert [l.split("(")[0].strip() for l in out if l.startswith("step ")] == ["step 2/4",
+                                                                           "step 4/4"]
+  assert out[-1].startswith("done: step 4")
+  assert len(out) <= 12, proc.stdout
+  noise = ("CheckpointManager", "I0000", "oneDNN", "orbax", "feature:")
+  console = proc.stdout + proc.stderr
+  assert not [l for l in console.splitlines() if any(n in l for n in noise)], console
+  log = (run / "train.log").read_text()
+  assert "CheckpointManager" in log and "step 4/4" in log  # library INFO lines kept here
+  # --verbosity=1 brings everything back to the console
+  proc = run_subprocess(tmp_path / "verbose", "--gin.TRAIN_STEPS=1", *FAST, "--verbosity=1")
+  assert "CheckpointManager" in proc.stdout + proc.stderr
