@@ -929,12 +929,20 @@ def console_main() -> None:
   from narlm import checkpoints  # pylint: disable=g-import-not-at-top
   argv, verbosity = console.pop_verbosity(sys.argv[1:])
   console.setup(verbosity)
+  # The entry points' error contract (narlm.cli_errors): a user error (bad
+  # flag or gin file, missing data, unusable checkpoint) is one message and
+  # exit status 2; a training failure (non-finite loss) exits 1; a bug keeps
+  # its traceback. The traceback of a user error is in the log file.
   try:
     main(argv)
-  except (TrainingError, ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
+  except TrainingError as e:
     logging.error("%s", e)
-    logging.debug("traceback", exc_info=True)
+    logging.info("traceback", exc_info=True)
     sys.exit(1)
+  except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
+    logging.error("%s", e)
+    logging.info("traceback", exc_info=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

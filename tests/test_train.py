@@ -272,3 +272,8 @@ def test_console_shows_progress_for_people_and_the_log_file_keeps_the_rest(tmp_p
   # --verbosity=1 brings everything back to the console
   proc = run_subprocess(tmp_path / "verbose", "--gin.TRAIN_STEPS=1", *FAST, "--verbosity=1")
   assert "CheckpointManager" in proc.stdout + proc.stderr
+  # a user error: one line on stderr naming the binding, exit status 2
+  bad = run_subprocess(tmp_path / "bad", "--gin.LEARNIG_RATE=1", check=False)
+  assert bad.returncode == 2, bad.stderr
+  assert bad.stderr.strip().splitlines() == [
+      l for l in bad.stderr.strip().splitlines() if "LEARNIG_RATE" in l] != [], bad.stderr
