@@ -168,6 +168,13 @@ def _scan_pair(src: str, tgt: str) -> Dict[str, int]:
               f"{path}:{pairs}: line is not valid UTF-8 (byte {e.start} of the "
               f"line: {line[e.start:e.start + 4]!r}); fix or re-encode the "
               "file") from None
+        if b"\r" in line.rstrip(b"\n").rstrip(b"\r"):
+          # TextLineDataset splits on \n only: CR-only (old Mac) line endings
+          # would make the whole file one giant example.
+          raise ValueError(
+              f"{path}:{pairs}: line contains a carriage return (\\r): the file has "
+              "CR-only line endings or stray CRs; convert it to \\n line endings "
+              "(e.g. `tr '\\r' '\\n'`)")
       if not ls.strip(_ASCII_WS):
         empty_inputs += 1
   return {"pairs": pairs, "empty_input_pairs_skipped": empty_inputs,

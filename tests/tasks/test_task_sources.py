@@ -63,6 +63,12 @@ def test_paired_source_non_utf8_names_file_and_line(tmp_path):
     src.get_dataset("train")
 
 
+def test_paired_source_cr_only_line_endings_are_refused(tmp_path):
+  src = _pairs(tmp_path, b"one\rtwo\rthree\r", b"1\r2\r3\r")
+  with pytest.raises(ValueError, match=r"d\.src:1: line contains a carriage return"):
+    src.get_dataset("train")
+
+
 def test_paired_source_missing_file_and_unknown_split(tmp_path):
   _write(tmp_path / "d.src", b"a\n")
   src = sources.PairedTextFileSource({"train": ("d.src", "d.tgt")}, base_dir=str(tmp_path))
