@@ -108,7 +108,9 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No platform is forced: the bench measures whatever JAX finds (GPU/TPU when
+# present) and records it in meta.backend / meta.device_kind; set
+# JAX_PLATFORMS=cpu to measure the CPU on an accelerator host.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
@@ -1026,7 +1028,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       "vocab_size": vocab,
       "versions": {"python": platform.python_version(), "jax": jax.__version__,
                    "flax": flax.__version__, "optax": optax.__version__},
-      "devices": [str(d) for d in jax.devices()], "cpu_threads": cpu_threads(),
+      "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
+      "device_kind": jax.devices()[0].device_kind, "cpu_threads": cpu_threads(),
       "malloc": malloc_in_use(), "platform": platform.platform(), "load_avg_start": load_avg(),
       "start_time": time.strftime("%Y-%m-%dT%H:%M:%S"),
       "notes": [
@@ -1041,7 +1044,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
           "load average [1, 5, 15 min] recorded at start/end of the run and of each section",
           f"preset {preset_name}: vocab {vocab}, size {p['size']}",
       ]}}
-  log(f"preset {preset_name}: {p}, load {res['meta']['load_avg_start']}")
+  log(f"preset {preset_name} on {len(jax.devices())} x {res['meta']['device_kind']} "
+      f"({res['meta']['backend']}): {p}, load {res['meta']['load_avg_start']}")
   unknown = [name for name in sections if name not in SECTIONS and name != "pipeline"]
   if unknown:
     raise ValueError(f"unknown sections {unknown}; known: {[*SECTIONS, 'pipeline']}")

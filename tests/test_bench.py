@@ -5,6 +5,7 @@ Only the structure is checked, never the speed (the machine may be shared).
 """
 
 import json
+import pathlib
 import math
 import numbers
 
@@ -206,6 +207,14 @@ def test_static_ratio_first_bound_covers_the_mask():
 def test_meta_names_the_allocator(result):
   _, res = result
   assert res["meta"]["malloc"] in ("glibc", "tcmalloc", "jemalloc", "unknown")
+  # the device it ran on (the tests pin JAX_PLATFORMS=cpu; the bench does not)
+  assert res["meta"]["backend"] == "cpu" and res["meta"]["device_kind"]
+
+
+def test_bench_does_not_force_a_platform():
+  import narlm  # noqa: F401
+  source = (pathlib.Path(narlm.__file__).parent / "bench.py").read_text()
+  assert "JAX_PLATFORMS\", \"cpu\"" not in source
 
 
 @pytest.mark.parametrize("preload", ["", "tcmalloc", "jemalloc"])
