@@ -8,16 +8,17 @@
 #
 # Usage: bash scripts/quality_comparison.sh [OUT_DIR]   (default /tmp/narlm_compare)
 # Env:   PYTHON (default .venv/bin/python), JOBS (parallel trainings, default 2),
-#        SYSTEMS (default "crf crf_aligned tagger nar_aligned ar"; "nar" is the
-#        left-aligned no-CRF run), BUDGET (CPU seconds per run, default 1800),
-#        SEED (default 0).
+#        SYSTEMS (default "crf_aligned nar_aligned tagger prefix_lm crf ar";
+#        "nar" is the left-aligned no-CRF run, "prefix_lm" / "ar" the AR
+#        baselines: NAG-BERT's own parameters as a prefix LM / BERT2BERT),
+#        BUDGET (CPU seconds per run, default 3600), SEED (default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/narlm_compare}
 PYTHON=${PYTHON:-.venv/bin/python}
 JOBS=${JOBS:-2}
-SYSTEMS=${SYSTEMS:-"crf crf_aligned tagger nar_aligned ar"}
-BUDGET=${BUDGET:-1800}
+SYSTEMS=${SYSTEMS:-"crf_aligned nar_aligned tagger prefix_lm crf ar"}
+BUDGET=${BUDGET:-3600}
 SEED=${SEED:-0}
 mkdir -p "$OUT"
 
@@ -51,6 +52,7 @@ for sys in $SYSTEMS; do
     nar_aligned) systems+=(--system "aligned_nar=$dir:argmax") ;;
     tagger) systems+=(--system "tagger=$dir:tag") ;;
     ar) systems+=(--system "ar=$dir:greedy") ;;
+    prefix_lm) systems+=(--system "ar_prefix_lm=$dir:greedy") ;;
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac
 done
