@@ -47,7 +47,7 @@ for sys in $SYSTEMS; do
     crf) systems+=(--system "nar_crf=$dir:viterbi" --system "nar_crf_ratio_first=$dir:ratio_first"
                    --system "nar_crf_argmax=$dir:argmax") ;;
     crf_aligned) systems+=(--system "aligned_crf=$dir:viterbi" --system "aligned_crf_argmax=$dir:argmax")
-                 diffs+=(--diff aligned_crf,aligned_crf_argmax) ;;
+                 diffs+=(--diff "aligned_crf,aligned_crf_argmax") ;;
     nar) systems+=(--system "nar=$dir:argmax") ;;
     nar_aligned) systems+=(--system "aligned_nar=$dir:argmax") ;;
     tagger) systems+=(--system "tagger=$dir:tag") ;;
@@ -56,8 +56,8 @@ for sys in $SYSTEMS; do
     *) echo "unknown system $sys" >&2; exit 2 ;;
   esac
 done
-[[ " $SYSTEMS " == *" crf_aligned "* && " $SYSTEMS " == *" nar_aligned "* ]] && diffs+=(--diff aligned_crf,aligned_nar)
-[[ " $SYSTEMS " == *" crf "* && " $SYSTEMS " == *" nar "* ]] && diffs+=(--diff nar_crf,nar)
+[[ " $SYSTEMS " == *" crf_aligned "* && " $SYSTEMS " == *" nar_aligned "* ]] && diffs+=(--diff "aligned_crf,aligned_nar")
+[[ " $SYSTEMS " == *" crf "* && " $SYSTEMS " == *" nar "* ]] && diffs+=(--diff "nar_crf,nar")
 "$PYTHON" -m narlm.compare --task sentcomp_bert --key sentcomp --alphas 0.3,0.4,0.5,0.6,0.7,0.8,1.0 \
   "${systems[@]}" "${diffs[@]}" --out "$OUT/quality.json" > "$OUT/compare_sentcomp.log" 2>&1
 echo "wrote $OUT/quality.json"
