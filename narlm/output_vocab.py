@@ -110,6 +110,20 @@ def from_task(task_name: str, split: str = "train", min_count: int = 1,
   return OutputVocab(ids, vocab_size=vocab.vocab_size, unk_id=vocab.unk_id, required=required)
 
 
+def task_coverage(output_vocab: OutputVocab, task_name: str,
+                  split: str = "validation") -> tuple[int, int]:
+  """(target tokens of `split` outside `output_vocab`, all target tokens):
+  what a model restricted to it can never produce on that split."""
+  from narlm import tasks  # pylint: disable=g-import-not-at-top
+  task = tasks.get_task_or_mixture(task_name)
+  outside = total = 0
+  for ex in task.get_dataset(sequence_length=None, split=split, shuffle=False).as_numpy_iterator():
+    ids = ex["targets"]
+    outside += int((~np.isin(ids, output_vocab.ids)).sum())
+    total += int(ids.size)
+  return outside, total
+
+
 def from_ids(ids: Sequence[int], vocab_size: int, unk_id: int,
              required: Sequence[int] = ()) -> OutputVocab:
   """An OutputVocab from explicit ids (tests, hand-made vocabularies)."""

@@ -513,6 +513,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     raise ValueError(f"best_metric={best_metric!r} needs periodic evaluation: set eval_period "
                      "(EVAL_PERIOD) > 0 and an eval dataset")
   train_ds = get_dataset(train_dataset_cfg, model, shard_index=process, num_shards=num_processes)
+  if process == 0 and eval_dataset_cfg is not None:
+    _check_output_vocab_coverage(model, eval_dataset_cfg)
   length = int(model.FEATURE_CONVERTER_CLS(pack=False).get_model_feature_lengths(
       train_dataset_cfg.task_feature_lengths)["encoder_input_tokens"])
   batch_shape = (train_dataset_cfg.batch_size, length)
@@ -787,6 +789,27 @@ def _run_eval(trainer, state, cfg, step, writer, eval_steps, infer_eval_examples
       console.say(line)
   writer.write_scalars(step, results)
   return results
+
+
+def _check_output_vocab_coverage(model, cfg: DatasetConfig, warn_below: float = 0.99) -> None:
+  """Warns when a restricted output vocabulary cannot produce part of the
+  validation targets (e.g. a copy task whose references use words that no
+  training target did)."""
+  vocab = getattr(model.module, "output_vocab", None)
+  if vocab is None:
+    return
+  from narlm import output_vocab as output_vocab_lib  # pylint: disable=g-import-not-at-top
+  try:
+    outside, total = output_vocab_lib.task_coverage(vocab, cfg.mixture_or_task_name, cfg.split)
+  except Exception as e:  # pylint: disable=broad-except  (a check, never a reason to stop)
+    logging.info("output vocabulary coverage not checked: %s", e)
+    return
+  if total and outside / total > 1.0 - warn_below:
+    logging.warning(
+        "OUTPUT_VOCAB (%d ids) lacks %.2f%% of the %s split's target tokens (%d of %d): the "
+        "model can never produce them; for copy-heavy tasks use OUTPUT_VOCAB = None (the whole "
+        "vocabulary) or output_vocab.from_task.include_inputs = True", vocab.size,
+        100.0 * outside / total, cfg.split, outside, total)
 
 
 def _print_header(model, params, data_cfg: DatasetConfig, train_steps: int, start_step: int,

@@ -240,3 +240,24 @@ def test_sentcomp_aligned_task_lines_targets_up_with_the_framed_source():
     words = vocab.decode([int(t) for t in tgt[:n - 1] if t])
     assert words.split()[:3] == vocab.decode(vocab.encode(
         ex["targets_pretokenized"].decode())).split()[:3]
+
+
+def test_output_vocab_coverage_of_the_validation_targets_is_checked(caplog):
+  import logging
+  import types
+  from narlm import train
+  restricted = ov.from_task("sentcomp_bert")
+  outside, total = ov.task_coverage(restricted, "sentcomp_bert", "validation")
+  assert total > 10000 and 0.01 < outside / total < 0.10  # words no training target used
+  everything = ov.from_ids(range(30522), 30522, unk_id=100)
+  assert ov.task_coverage(everything, "sentcomp_bert", "validation")[0] == 0
+  cfg = train.DatasetConfig(mixture_or_task_name="sentcomp_bert",
+                            task_feature_lengths={"inputs": 64, "targets": 64},
+                            split="validation")
+  with caplog.at_level(logging.WARNING):
+    train._check_output_vocab_coverage(
+        types.SimpleNamespace(module=types.SimpleNamespace(output_vocab=restricted)), cfg)
+    train._check_output_vocab_coverage(
+        types.SimpleNamespace(module=types.SimpleNamespace(output_vocab=everything)), cfg)
+  warnings = [r.getMessage() for r in caplog.records if "OUTPUT_VOCAB" in r.getMessage()]
+  assert len(warnings) == 1 and "can never produce them" in warnings[0], warnings
