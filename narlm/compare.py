@@ -535,8 +535,15 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str]) -> int:
-  """main() with bad input as one line on stderr and exit status 2 (narlm.cli_errors)."""
-  from narlm import cli_errors  # pylint: disable=g-import-not-at-top
+  """main() with bad input as one line on stderr and exit status 2 (narlm.cli_errors).
+
+  TensorFlow's and XLA's native start-up logging is kept off the terminal
+  (narlm.console.capture_native_stderr); Python errors still reach it."""
+  from narlm import cli_errors, console  # pylint: disable=g-import-not-at-top
+  if "--verbosity=1" in argv:
+    argv = [a for a in argv if a != "--verbosity=1"]
+  else:
+    console.capture_native_stderr()
   return cli_errors.run(main, argv)
 
 
