@@ -534,18 +534,20 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
   return report
 
 
-def cli(argv: Sequence[str]) -> int:
+def cli(argv: Sequence[str], quiet_native: bool = False) -> int:
   """main() with bad input as one line on stderr and exit status 2 (narlm.cli_errors).
 
-  TensorFlow's and XLA's native start-up logging is kept off the terminal
-  (narlm.console.capture_native_stderr); Python errors still reach it."""
+  With `quiet_native` (the `python -m` entry point) TensorFlow's and XLA's
+  native start-up logging is kept off the terminal
+  (narlm.console.capture_native_stderr; `--verbosity=1` keeps it); Python
+  errors still reach it."""
   from narlm import cli_errors, console  # pylint: disable=g-import-not-at-top
   if "--verbosity=1" in argv:
     argv = [a for a in argv if a != "--verbosity=1"]
-  else:
+  elif quiet_native:
     console.capture_native_stderr()
   return cli_errors.run(main, argv)
 
 
 if __name__ == "__main__":
-  sys.exit(cli(sys.argv[1:]))
+  sys.exit(cli(sys.argv[1:], quiet_native=True))
