@@ -275,8 +275,9 @@ def score(task, examples: Sequence[Mapping[str, Any]], predictions: Sequence[str
   ref_text = [t["text"] if isinstance(t, dict) else t for t in targets]
   result["token_f1"] = token_f1(ref_text, predictions)
   result["repetition_rate"] = repetition_rate(outputs)
+  # Pads are not tokens of the reference (source-aligned targets are mostly pad).
   result["reference_repetition_rate"] = repetition_rate(
-      [ex["targets"].tolist() for ex in examples])
+      [[t for t in ex["targets"].tolist() if t != 0] for ex in examples])
   result["mean_output_tokens"] = float(np.mean([len(o) for o in outputs]))
   result["examples"] = len(examples)
   if per_example:
