@@ -61,7 +61,7 @@ def to_json(document: Any) -> str:
 
 
 def summary(key: str, report: Mapping[str, Any], out: Optional[str] = None,
-            num_samples: int = 2) -> str:
+            num_samples: int = 1) -> str:
   """What a person reads: the test table, the differences, a few test
   samples of each model system (the whole report goes to --out / --json)."""
   lines = [to_markdown({"tasks": {key: report}}).rstrip()]
