@@ -149,6 +149,20 @@ def log_to_file(model_dir: Optional[str]) -> Optional[str]:
   return path
 
 
+def stop_log_file(model_dir: Optional[str]) -> None:
+  """Closes the MODEL_DIR/train.log handler that `log_to_file` added (a
+  process that trains several runs, e.g. tests, does not keep writing to
+  earlier runs' logs)."""
+  if not model_dir:
+    return
+  path = os.path.abspath(os.path.join(model_dir, LOG_FILE_NAME))
+  root = logging.getLogger()
+  for handler in list(root.handlers):
+    if getattr(handler, "baseFilename", None) == path:
+      root.removeHandler(handler)
+      handler.close()
+
+
 def say(message: str, *args: Any) -> None:
   """One line (or a few) for people, on the console and in the log file."""
   console_logger.info(message, *args)

@@ -434,7 +434,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           max_train_cpu_seconds: Optional[float] = None,
           best_metric: Optional[str] = None, best_metric_mode: str = "max",
           early_stopping_patience: Optional[int] = None,
-          config_text: Optional[str] = None) -> Mapping[str, float]:
+          config_text: Optional[str] = None,
+          log_file: bool = False) -> Mapping[str, float]:
   """Trains `model` on a seqio task; resumes from `model_dir` if it has a checkpoint.
 
   Args:
@@ -480,6 +481,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     config_text: written to model_dir/config.gin (atomically) before the
       first step, so that a run in progress or killed can be served
       (`narlm.train.main` passes the parsed gin config).
+    log_file: process 0 also logs everything to model_dir/train.log
+      (narlm.console; `narlm.train.main` sets it and closes the file).
 
   Returns:
     The last logged training metrics (and eval metrics when run).
@@ -505,6 +508,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     raise ValueError(f"batch_size {train_dataset_cfg.batch_size} must be divisible by the data "
                      f"axis ({trainer.mesh.shape['data']}) x grad_accum_steps ({grad_accum_steps})")
   process, num_processes = jax.process_index(), jax.process_count()
+  if log_file and process == 0:
+    console.say("full log: %s", console.log_to_file(model_dir) or "(remote run directory: none)")
   if best_metric_mode not in ("max", "min"):
     raise ValueError(f"best_metric_mode must be 'max' or 'min', got {best_metric_mode!r}")
   if early_stopping_patience is not None and not best_metric:
@@ -909,10 +914,9 @@ def main(argv: Sequence[str]) -> Mapping[str, float]:
   files, bindings, search = split_gin_args(argv)
   train_lib.parse_gin(files, bindings, search)
   model_dir = _bound_model_dir(train_lib.train)
-  log_path = console.log_to_file(model_dir) if jax.process_index() == 0 else None
-  if jax.process_index() == 0:
-    console.say("narlm.train  %s -> %s%s", " ".join(files), model_dir,
-                f"  (full log: {log_path})" if log_path else "")
+  # No jax.process_index() here: it would start the backends before
+  # train() calls jax.distributed.initialize. train() opens the log file.
+  console.say("narlm.train  %s -> %s", " ".join(files), model_dir)
   try:
     configured = gin.get_configurable(train_lib.train)
   except ValueError as e:
@@ -921,7 +925,10 @@ def main(argv: Sequence[str]) -> Mapping[str, float]:
   # The whole config when the run starts, so a run in progress (or killed)
   # can be served and compared; the operative config (what was actually
   # used) at the end.
-  result = configured(config_text=gin.config_str())
+  try:
+    result = configured(config_text=gin.config_str(), log_file=True)
+  finally:
+    console.stop_log_file(model_dir)
   write_config(_bound_model_dir(train_lib.train), gin.operative_config_str())
   return result
 
