@@ -508,8 +508,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     raise ValueError(f"batch_size {train_dataset_cfg.batch_size} must be divisible by the data "
                      f"axis ({trainer.mesh.shape['data']}) x grad_accum_steps ({grad_accum_steps})")
   process, num_processes = jax.process_index(), jax.process_count()
-  if log_file and process == 0:
-    console.say("full log: %s", console.log_to_file(model_dir) or "(remote run directory: none)")
+  log_path = console.log_to_file(model_dir) if log_file and process == 0 else None
   if best_metric_mode not in ("max", "min"):
     raise ValueError(f"best_metric_mode must be 'max' or 'min', got {best_metric_mode!r}")
   if early_stopping_patience is not None and not best_metric:
@@ -543,7 +542,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   start_step = int(jax.device_get(state["step"]))
   if process == 0:
     _print_header(model, state["params"], train_dataset_cfg, train_steps, start_step,
-                  init_checkpoint if latest is None else None)
+                  init_checkpoint if latest is None else None, log_path)
   last_saved = latest
 
   def save(step: int, force: bool = False):
@@ -818,7 +817,7 @@ def _check_output_vocab_coverage(model, cfg: DatasetConfig, warn_below: float = 
 
 
 def _print_header(model, params, data_cfg: DatasetConfig, train_steps: int, start_step: int,
-                  warm_start: Optional[str]) -> None:
+                  warm_start: Optional[str], log_path: Optional[str] = None) -> None:
   """The console header: model, parameters, data, devices."""
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
   cfg = getattr(model.module, "config", None)
@@ -835,7 +834,8 @@ def _print_header(model, params, data_cfg: DatasetConfig, train_steps: int, star
               jax.process_count(), "es" if jax.process_count() > 1 else "")
   start = f"resuming at step {start_step}" if start_step else (
       f"warm start from {warm_start}" if warm_start else "from scratch")
-  console.say("training %d steps, %s", train_steps, start)
+  console.say("training %d steps, %s%s", train_steps, start,
+              f"; full log: {log_path}" if log_path else "")
 
 
 # --------------------------------------------------------------------- main
