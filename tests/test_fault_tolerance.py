@@ -597,7 +597,7 @@ def test_trainer_refuses_damaged_checkpoint_then_resumes_after_quarantine(
 
   run = Run(model_dir, tmp_path / "damaged.log", env)
   runs.append(run)
-  assert run.wait() == 1, run.tail()
+  assert run.wait() == 2, run.tail()  # a refused start: one message, exit status 2
   text = run.text()
   assert f"checkpoint step 4 at {root / '4'} is damaged" in text, run.tail()
   assert "OUT_OF_RANGE" in text and "previous checkpoint (step 2)" in text
