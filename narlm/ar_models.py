@@ -224,7 +224,8 @@ class ArSeq2SeqModel(GeneratorModel):
 
   def __init__(self, module: ArSeq2SeqNetwork, input_vocabulary, output_vocabulary,
                optimizer_def: Any = None, *, label_smoothing: float = 0.0,
-               init_decoder_from_encoder: bool = False):
+               init_decoder_from_encoder: bool = False,
+               loss_normalizing_factor: Optional[float] = None):
     if not isinstance(module, self.NETWORK_CLS):
       raise TypeError(f"module must be a {self.NETWORK_CLS.__name__}, got {type(module).__name__}")
     if isinstance(module, ArSeq2SeqNetwork):
@@ -232,7 +233,8 @@ class ArSeq2SeqModel(GeneratorModel):
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
-                     why_eos="AR decoding stops at eos")
+                     why_eos="AR decoding stops at eos",
+                     loss_normalizing_factor=loss_normalizing_factor)
     self.label_smoothing = label_smoothing
     self.init_decoder_from_encoder = init_decoder_from_encoder
     if self.eos_id == self.pad_id:
@@ -285,7 +287,8 @@ class ArSeq2SeqModel(GeneratorModel):
     logits = self._logits(params, batch, targets, dropout_rng)
     num_tokens = weights.sum()
     denom = jnp.maximum(num_tokens, 1.0)
-    loss = losses.token_nll(logits, targets, weights, self.label_smoothing).sum() / denom
+    loss = (losses.token_nll(logits, targets, weights, self.label_smoothing).sum()
+            / self.loss_normalizer(num_tokens))
     metrics = {
         "loss": average_metric(loss),
         "token_accuracy": average_metric(((jnp.argmax(logits, -1) == targets) * weights).sum(), denom),

@@ -107,8 +107,10 @@ def nag_loss(logits: jnp.ndarray,
              token_nll_weight: float = 0.5,
              label_smoothing: float = 0.0,
              unlikelihood_weight: float = 0.0,
-             unlikelihood_window: int = 2) -> tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
-  """The NAG-BERT objective, normalised per target token.
+             unlikelihood_window: int = 2,
+             loss_normalizing_factor: Optional[jnp.ndarray] = None,
+             ) -> tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
+  """The NAG-BERT objective: summed over the batch, divided by a normaliser.
 
   Args:
     logits: [B, T, V] emission scores.
@@ -120,12 +122,17 @@ def nag_loss(logits: jnp.ndarray,
     label_smoothing: label smoothing of the token NLL.
     unlikelihood_weight: weight of the context-aware term (0 disables it).
     unlikelihood_window: its context size c.
+    loss_normalizing_factor: what the summed loss is divided by (t5x's
+      convention); None: the real target tokens of this batch (a per-token
+      mean). A constant makes micro-batch losses add up to the batch's.
 
   Returns:
     (scalar loss, dict of scalar components: crf_nll, token_nll,
-    unlikelihood, num_tokens), each component already per target token.
+    unlikelihood, num_tokens), each component divided by the same normaliser.
   """
   num_tokens = jnp.maximum(weights.astype(jnp.float32).sum(), 1.0)
+  if loss_normalizing_factor is not None:
+    num_tokens = jnp.asarray(loss_normalizing_factor, jnp.float32)
   tok = token_nll(logits, targets, weights, label_smoothing).sum() / num_tokens
   aux = {"token_nll": tok, "num_tokens": weights.astype(jnp.float32).sum()}
   if crf_log_likelihood is None:

@@ -39,10 +39,22 @@ class GeneratorModel:
     optimizer_def: whatever the trainer optimises with (an optax
       GradientTransformation for narlm's trainer, a t5x optimizer for t5x).
     eos_id / pad_id: of the output vocabulary.
+    loss_normalizing_factor: t5x's knob. None: ``loss_fn`` returns the sum of
+      per-token losses divided by this batch's real target tokens (per-token
+      mean). A number: divided by that constant instead, so that summing the
+      gradients of micro-batches (what t5x's trainer does) is exactly the
+      gradient of the whole batch. narlm's trainer accumulates exactly under
+      both settings (see `narlm.train.Trainer`).
   """
 
+  # The clu metric whose ``total`` is the real-token count that loss_fn
+  # normalises by (when loss_normalizing_factor is None); narlm's trainer
+  # weights micro-batches by it.
+  NORMALIZER_METRIC = "num_tokens"
+
   def __init__(self, module: Any, input_vocabulary, output_vocabulary,
-               optimizer_def: Any = None, *, why_eos: str, frame_inputs: bool = True):
+               optimizer_def: Any = None, *, why_eos: str, frame_inputs: bool = True,
+               loss_normalizing_factor: Optional[float] = None):
     """``why_eos`` completes the error raised when the vocabulary has no eos.
 
     ``frame_inputs``: frame sources as ``[CLS] x [SEP]`` (NAG-BERT's and
@@ -54,6 +66,10 @@ class GeneratorModel:
     self.input_vocabulary = input_vocabulary
     self.output_vocabulary = output_vocabulary
     self.optimizer_def = optimizer_def
+    if loss_normalizing_factor is not None and not float(loss_normalizing_factor) > 0:
+      raise ValueError(f"loss_normalizing_factor must be None or > 0, got {loss_normalizing_factor!r}")
+    self.loss_normalizing_factor = (None if loss_normalizing_factor is None
+                                    else float(loss_normalizing_factor))
     if output_vocabulary.eos_id is None:
       raise ValueError(f"the output vocabulary has no eos id; {why_eos}")
     self.eos_id = int(output_vocabulary.eos_id)
@@ -62,6 +78,13 @@ class GeneratorModel:
     self.source_framing: Optional[tuple[int, int]] = (
         (int(cls_id), int(input_vocabulary.eos_id)) if frame_inputs and cls_id is not None
         else None)
+
+  def loss_normalizer(self, num_tokens: jnp.ndarray) -> jnp.ndarray:
+    """What loss_fn divides the summed loss by: the constant
+    loss_normalizing_factor, or the batch's real-token count (at least 1)."""
+    if self.loss_normalizing_factor is not None:
+      return jnp.float32(self.loss_normalizing_factor)
+    return jnp.maximum(jnp.asarray(num_tokens, jnp.float32), 1.0)
 
   @property
   def source_overhead(self) -> int:

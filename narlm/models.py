@@ -63,9 +63,11 @@ class NagBertModel(GeneratorModel):
                optimizer_def: Any = None, *, token_nll_weight: float = 0.5,
                label_smoothing: float = 0.0, unlikelihood_weight: float = 0.0,
                unlikelihood_window: int = 2, decode_method: str = "viterbi",
-               ratio_first_alpha: Optional[float] = None, frame_inputs: bool = True):
+               ratio_first_alpha: Optional[float] = None, frame_inputs: bool = True,
+               loss_normalizing_factor: Optional[float] = None):
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
-                     why_eos="NAG-BERT targets end in two eos", frame_inputs=frame_inputs)
+                     why_eos="NAG-BERT targets end in two eos", frame_inputs=frame_inputs,
+                     loss_normalizing_factor=loss_normalizing_factor)
     self.token_nll_weight = token_nll_weight
     self.label_smoothing = label_smoothing
     self.unlikelihood_weight = unlikelihood_weight
@@ -118,7 +120,8 @@ class NagBertModel(GeneratorModel):
 
   def loss_fn(self, params: PyTree, batch: Batch,
               dropout_rng: Optional[jax.Array]) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
-    """Scalar loss per target token and clu metrics (t5x's signature)."""
+    """Summed loss / normaliser (see loss_normalizing_factor) and clu metrics
+    (t5x's signature)."""
     check_batch(batch)
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
@@ -132,7 +135,8 @@ class NagBertModel(GeneratorModel):
     loss, aux = losses.nag_loss(
         logits, targets, weights, crf_ll, token_nll_weight=self.token_nll_weight,
         label_smoothing=self.label_smoothing, unlikelihood_weight=self.unlikelihood_weight,
-        unlikelihood_window=self.unlikelihood_window)
+        unlikelihood_window=self.unlikelihood_window,
+        loss_normalizing_factor=self.loss_normalizing_factor)
     num_tokens = aux.pop("num_tokens")
     correct = ((jnp.argmax(logits, -1) == targets) * weights).sum()
     metrics = {

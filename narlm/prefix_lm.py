@@ -133,6 +133,8 @@ class PrefixLmModel(ArSeq2SeqModel):
   NETWORK_CLS = PrefixLmNetwork
 
   def __init__(self, module: PrefixLmNetwork, input_vocabulary, output_vocabulary,
-               optimizer_def: Any = None, *, label_smoothing: float = 0.0):
+               optimizer_def: Any = None, *, label_smoothing: float = 0.0,
+               loss_normalizing_factor: Optional[float] = None):
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
-                     label_smoothing=label_smoothing, init_decoder_from_encoder=False)
+                     label_smoothing=label_smoothing, init_decoder_from_encoder=False,
+                     loss_normalizing_factor=loss_normalizing_factor)

@@ -148,9 +148,11 @@ class TaggerModel(GeneratorModel):
   """
 
   def __init__(self, module: TaggerNetwork, input_vocabulary, output_vocabulary,
-               optimizer_def: Any = None, *, keep_threshold: float = 0.5):
+               optimizer_def: Any = None, *, keep_threshold: float = 0.5,
+               loss_normalizing_factor: Optional[float] = None):
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
-                     why_eos="the tagger's labels stop at the targets' eos")
+                     why_eos="the tagger's labels stop at the targets' eos",
+                     loss_normalizing_factor=loss_normalizing_factor)
     if input_vocabulary != output_vocabulary:
       raise ValueError(f"a deletion tagger outputs source tokens: its input vocabulary "
                        f"{input_vocabulary} and output vocabulary {output_vocabulary} must be "
@@ -193,12 +195,13 @@ class TaggerModel(GeneratorModel):
 
   def loss_fn(self, params: PyTree, batch: Batch,
               dropout_rng: Optional[jax.Array]) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
-    """Mean keep/delete NLL over the non-pad source positions, clu metrics."""
+    """Keep/delete NLL summed over the non-pad source positions / normaliser
+    (their count unless loss_normalizing_factor is set), clu metrics."""
     labels, weights = self.labels(batch)
     log_probs = self._log_probs(params, batch["encoder_input_tokens"], dropout_rng)
     nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
     num_tokens = weights.sum()
-    loss = (nll * weights).sum() / jnp.maximum(num_tokens, 1.0)
+    loss = (nll * weights).sum() / self.loss_normalizer(num_tokens)
     predicted = (jnp.exp(log_probs[..., KEEP]) > self.keep_threshold).astype(jnp.int32)
     targets = batch["decoder_target_tokens"]
     target_words = ((targets != self.eos_id) & (targets != self.pad_id)).sum()

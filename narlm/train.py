@@ -284,6 +284,16 @@ class Trainer:
 
   # -- steps
   def _grads(self, params, batch, rng):
+    """(loss, clu metrics, gradients) of one optimizer step's batch.
+
+    With grad_accum_steps = k the batch is split into k micro-batches and the
+    result is exactly that of the whole batch (up to float rounding): with a
+    constant `loss_normalizing_factor` the micro-batch losses and gradients
+    are summed (what t5x's trainer does); with the default per-token
+    normalisation each micro-batch's mean is weighted by its share of the
+    batch's real tokens (the model reports them as NORMALIZER_METRIC), since
+    averaging micro-batch means equally would over-weight short micro-batches.
+    """
     def loss(p, b, r):
       return self.model.loss_fn(p, b, r)
 
@@ -292,20 +302,34 @@ class Trainer:
       return l, metrics, grads
     k = self.grad_accum_steps
     micro = jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+    per_token = getattr(self.model, "loss_normalizing_factor", None) is None
+    normalizer_metric = getattr(self.model, "NORMALIZER_METRIC", "num_tokens")
 
     def body(carry, xs):
       b, i = xs
       (l, m), g = jax.value_and_grad(loss, has_aux=True)(params, b, jax.random.fold_in(rng, i))
-      acc_g, acc_l = carry
-      return (jax.tree_util.tree_map(jnp.add, acc_g, g), acc_l + l), m
+      if per_token:
+        if normalizer_metric not in m:
+          raise KeyError(f"gradient accumulation needs the model's loss_fn to report its "
+                         f"normaliser as metric {normalizer_metric!r} (got {sorted(m)})")
+        weight = m[normalizer_metric].total.astype(jnp.float32)
+      else:
+        weight = jnp.float32(1.0)
+      acc_g, acc_l, acc_w = carry
+      acc_g = jax.tree_util.tree_map(lambda a, x: a + weight * x, acc_g, g)
+      return (acc_g, acc_l + weight * l, acc_w + weight), m
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    (grads, total_loss), stacked = jax.lax.scan(body, (zeros, 0.0), (micro, jnp.arange(k)))
-    grads = jax.tree_util.tree_map(lambda g: g / k, grads)
+    (grads, total_loss, total_weight), stacked = jax.lax.scan(
+        body, (zeros, jnp.float32(0.0), jnp.float32(0.0)), (micro, jnp.arange(k)))
+    if per_token:  # sum_m N_m * S_m / N_m / sum_m N_m = S / N, as for the whole batch
+      total_weight = jnp.maximum(total_weight, 1.0)
+      grads = jax.tree_util.tree_map(lambda g: g / total_weight, grads)
+      total_loss = total_loss / total_weight
     # clu Average metrics are (total, count) pytrees: summing the stacked
     # micro-batch values merges them exactly.
     metrics = jax.tree_util.tree_map(lambda x: x.sum(axis=0), stacked)
-    return total_loss / k, metrics, grads
+    return total_loss, metrics, grads
 
   def train_step(self, state, batch):
     import optax  # pylint: disable=g-import-not-at-top
