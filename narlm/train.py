@@ -435,12 +435,43 @@ def evaluate_with_metrics(trainer: Trainer, params, cfg: DatasetConfig, *, step:
 
 
 # --------------------------------------------------------------------- loop
-def _finite_or_raise(value: float, step: int, last_checkpoint: Optional[int]) -> None:
-  if not np.isfinite(value):
-    where = (f"the last good checkpoint (step {last_checkpoint}) is kept"
-             if last_checkpoint is not None else "no checkpoint had been written yet")
-    raise TrainingError(f"non-finite loss {value} at step {step}; training stopped and "
-                        f"{where}. Lower the learning rate or check the data.")
+@jax.jit
+def track_nonfinite(nonfinite: tuple[jax.Array, jax.Array], loss: jax.Array,
+                    step: int) -> tuple[jax.Array, jax.Array]:
+  """Keeps the first (step, loss) whose loss was not finite; (-1, 0) if none."""
+  first_step, first_loss = nonfinite
+  new = (first_step < 0) & ~jnp.isfinite(loss)
+  return (jnp.where(new, jnp.int32(step), first_step),
+          jnp.where(new, loss.astype(jnp.float32), first_loss))
+
+
+def _raise_if_nonfinite(nonfinite, last_checkpoint: Optional[int]) -> None:
+  step, value = (x.item() for x in jax.device_get(nonfinite))
+  if step < 0:
+    return
+  where = (f"the last good checkpoint (step {last_checkpoint}) is kept"
+           if last_checkpoint is not None else "no checkpoint had been written yet")
+  raise TrainingError(f"non-finite loss {value} at step {step}; training stopped and "
+                      f"{where}. Lower the learning rate or check the data.")
+
+
+def _should_stop(local_flag: bool, step: int, log_period: int, manager,
+                 num_processes: int) -> bool:
+  """Whether every process stops before `step` + 1.
+
+  One process: its own flag (SIGTERM, CPU budget). Several: they must stop at
+  the same step, or one enters the checkpoint save (a collective) while the
+  others enter the next train step and the job hangs. JAX's preemption sync
+  point (through orbax) is checked every step without a round-trip of ours;
+  local flags are agreed on by an all-gather at log-period boundaries only.
+  """
+  if num_processes == 1:
+    return local_flag
+  if manager.reached_preemption(step):
+    return True
+  if step % log_period:
+    return False
+  return _any_process(local_flag, num_processes)
 
 
 def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_steps: int,
@@ -454,7 +485,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           init_checkpoint: Optional[str] = None, seed: int = 0,
           distributed: Optional[DistributedConfig] = None,
           stop_after_steps: Optional[int] = None,
-          nan_check_period: int = 1,
+          nan_check_period: Optional[int] = None,
           max_train_cpu_seconds: Optional[float] = None,
           best_metric: Optional[str] = None, best_metric_mode: str = "max",
           early_stopping_patience: Optional[int] = None,
@@ -485,7 +516,10 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     distributed: if set, `jax.distributed.initialize` is called first.
     stop_after_steps: stop (after saving) once this step is reached, as if
       preempted; for tests and time-sliced jobs.
-    nan_check_period: check the loss for NaN/inf every N steps.
+    nan_check_period: also stop at the first non-finite loss within N steps
+      (a host sync every N steps). By default the loss is checked on the device
+      every step and read at log, checkpoint and evaluation steps only, so the
+      steady state never waits for the host; no non-finite state is ever saved.
     max_train_cpu_seconds: a compute budget: stop (save, then run the final
       evaluation) once the training loop has used this many seconds of
       process CPU time (all threads; compilation included, evaluation
@@ -598,6 +632,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   early_stopped = False
   tracker = BestTracker(model_dir, best_metric, best_metric_mode, early_stopping_patience,
                         start_step, write=process == 0)
+  # Device-side (first non-finite step or -1, its loss): updated by every
+  # step without a host sync, read only where the host syncs anyway.
+  nonfinite = (jnp.int32(-1), jnp.float32(0.0))
   try:
     step = start_step
     t0 = time.time()
@@ -609,16 +646,23 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     while step < end_step:
       out_of_budget = (max_train_cpu_seconds is not None and step > start_step
                        and cpu_seconds() >= max_train_cpu_seconds)
-      if _any_process(preempted["flag"] or out_of_budget, num_processes):
+      if _should_stop(preempted["flag"] or out_of_budget, step, log_period, manager,
+                      num_processes):
         break
       batch = trainer.global_batch(next(data_iter))
       with trainer.mesh:
         state, metrics = step_fn(state, batch)
+        nonfinite = track_nonfinite(nonfinite, metrics["loss"], step + 1)
       step += 1
       report(step)
-      if step % nan_check_period == 0 or step == end_step:
-        _finite_or_raise(float(metrics["loss"]), step, last_saved)
-      if step % log_period == 0 or step == end_step:
+      checkpoint_due = bool(checkpoint_cfg.period and step % checkpoint_cfg.period == 0)
+      eval_due = bool(eval_dataset_cfg is not None and eval_period and step % eval_period == 0
+                      and step != train_steps)
+      log_due = step % log_period == 0 or step == end_step
+      if (log_due or checkpoint_due or eval_due
+          or (nan_check_period and step % nan_check_period == 0)):
+        _raise_if_nonfinite(nonfinite, last_saved)
+      if log_due:
         last_metrics = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
         last_metrics["train/steps_per_sec"] = (step - start_step) / max(time.time() - t0, 1e-9)
         last_metrics["train/cpu_seconds"] = cpu_seconds()
@@ -629,10 +673,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           console.say(console.progress_line(step, train_steps, last_metrics,
                                             last_metrics["train/steps_per_sec"],
                                             end_step - step))
-      if checkpoint_cfg.period and step % checkpoint_cfg.period == 0:
+      if checkpoint_due:
         save(step)
-      if eval_dataset_cfg is not None and eval_period and step % eval_period == 0 \
-          and step != train_steps:
+      if eval_due:
         results = _run_eval(trainer, state, eval_dataset_cfg, step, writer,
                             eval_steps, infer_eval_examples, decode_kwargs)
         last_metrics.update(results)
@@ -650,6 +693,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
       console.say("early stopping at step %d: no better %s for %d evaluations (best %.4f at "
                   "step %d)", step, best_metric, early_stopping_patience, tracker.best_value,
                   tracker.best_step)
+    _raise_if_nonfinite(nonfinite, last_saved)  # never save a non-finite state
     save(step, force=True)
     manager.wait_until_finished()
     if eval_dataset_cfg is not None and (step == train_steps or out_of_budget) \

@@ -284,3 +284,15 @@ def test_console_shows_progress_for_people_and_the_log_file_keeps_the_rest(tmp_p
   assert bad.returncode == 2, bad.stderr
   assert bad.stderr.strip().splitlines() == [
       l for l in bad.stderr.strip().splitlines() if "LEARNIG_RATE" in l] != [], bad.stderr
+
+
+def test_nonfinite_loss_is_tracked_on_device_and_reported_with_its_step():
+  import jax.numpy as jnp
+  from narlm import train
+  nonfinite = (jnp.int32(-1), jnp.float32(0.0))
+  for step, loss in enumerate([1.0, 2.0, float("nan"), 3.0, float("inf")], start=1):
+    nonfinite = train.track_nonfinite(nonfinite, jnp.float32(loss), step)
+  assert int(nonfinite[0]) == 3 and np.isnan(float(nonfinite[1]))  # the first one is kept
+  with pytest.raises(train.TrainingError, match="non-finite loss nan at step 3;.*step 2"):
+    train._raise_if_nonfinite(nonfinite, last_checkpoint=2)
+  train._raise_if_nonfinite((jnp.int32(-1), jnp.float32(0.0)), None)  # finite: no error
