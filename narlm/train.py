@@ -22,6 +22,7 @@ and only `main()` below parses gin.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -29,7 +30,7 @@ import re
 import signal
 import sys
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -376,6 +377,26 @@ class Trainer:
             for k, v in local_batch.items()}
 
 
+def prefetch_to_device(batches: Iterator[Mapping[str, np.ndarray]], put, size: int = 2
+                       ) -> Iterator[Mapping[str, jax.Array]]:
+  """Yields `put(batch)` for each host batch, with `size` more already put.
+
+  `put` (Trainer.global_batch) starts an asynchronous transfer, so the next
+  batches travel while the current step runs. Order is unchanged: resuming
+  by skipping the consumed steps stays exact (batches prefetched past a stop
+  are simply dropped).
+  """
+  if size < 0:
+    raise ValueError(f"prefetch_batches must be >= 0, got {size}")
+  queue: collections.deque = collections.deque()
+  for batch in batches:
+    queue.append(put(batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
 # --------------------------------------------------------------------- eval
 def _batched_predictions(trainer: Trainer, params, ds, batch_size: int, decode_kwargs):
   """seqio predict_fn body: (index, features) dataset -> [(index, tokens)]."""
@@ -486,6 +507,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
           distributed: Optional[DistributedConfig] = None,
           stop_after_steps: Optional[int] = None,
           nan_check_period: Optional[int] = None,
+          prefetch_batches: int = 2,
           max_train_cpu_seconds: Optional[float] = None,
           best_metric: Optional[str] = None, best_metric_mode: str = "max",
           early_stopping_patience: Optional[int] = None,
@@ -520,6 +542,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
       (a host sync every N steps). By default the loss is checked on the device
       every step and read at log, checkpoint and evaluation steps only, so the
       steady state never waits for the host; no non-finite state is ever saved.
+    prefetch_batches: batches transferred to the devices ahead of the step
+      that uses them (the transfer overlaps the running step).
     max_train_cpu_seconds: a compute budget: stop (save, then run the final
       evaluation) once the training loop has used this many seconds of
       process CPU time (all threads; compilation included, evaluation
@@ -613,7 +637,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
 
   # Deterministic order on resume: the same shuffled stream, minus what the
   # finished steps consumed.
-  data_iter = train_ds.repeat().skip(start_step).as_numpy_iterator()
+  data_iter = prefetch_to_device(train_ds.repeat().skip(start_step).as_numpy_iterator(),
+                                 trainer.global_batch, size=prefetch_batches)
   step_fn = trainer.compiled_train_step()
   report = periodic_actions.ReportProgress(num_train_steps=train_steps, writer=writer)
   preempted = {"flag": False}
@@ -649,7 +674,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
       if _should_stop(preempted["flag"] or out_of_budget, step, log_period, manager,
                       num_processes):
         break
-      batch = trainer.global_batch(next(data_iter))
+      batch = next(data_iter)
       with trainer.mesh:
         state, metrics = step_fn(state, batch)
         nonfinite = track_nonfinite(nonfinite, metrics["loss"], step + 1)

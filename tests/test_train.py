@@ -296,3 +296,19 @@ def test_nonfinite_loss_is_tracked_on_device_and_reported_with_its_step():
   with pytest.raises(train.TrainingError, match="non-finite loss nan at step 3;.*step 2"):
     train._raise_if_nonfinite(nonfinite, last_checkpoint=2)
   train._raise_if_nonfinite((jnp.int32(-1), jnp.float32(0.0)), None)  # finite: no error
+
+
+def test_prefetch_to_device_keeps_order_and_runs_ahead():
+  from narlm import train
+  put_calls = []
+
+  def put(batch):
+    put_calls.append(batch)
+    return batch * 10
+
+  stream = train.prefetch_to_device(iter(range(5)), put, size=2)
+  assert next(stream) == 0 and put_calls == [0, 1, 2]  # two batches already in flight
+  assert list(stream) == [10, 20, 30, 40]
+  assert list(train.prefetch_to_device(iter(range(3)), put, size=0)) == [0, 10, 20]
+  with pytest.raises(ValueError, match="prefetch_batches must be >= 0"):
+    next(train.prefetch_to_device(iter(range(3)), put, size=-1))
