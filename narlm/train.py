@@ -233,8 +233,17 @@ class Trainer:
     self._predict: dict[tuple, Any] = {}
 
   # -- initialisation
-  def init_state(self, batch_shape: tuple[int, int]) -> PyTree:
-    """Sharded {'step', 'params', 'opt_state'} from a fresh initialisation."""
+  def _init_fn(self, batch_shape: tuple[int, int]):
+    input_shapes = {"encoder_input_tokens": batch_shape}
+
+    def init(r):
+      params = self.model.get_initial_variables(r, input_shapes)["params"]
+      return {"step": jnp.zeros((), jnp.int32), "params": params,
+              "opt_state": self.optimizer.init(params)}
+    return init
+
+  def _set_shardings(self, batch_shape: tuple[int, int]) -> None:
+    """state_shardings from the parameters' logical axis names (shapes only)."""
     rng = jax.random.PRNGKey(self.seed)
     input_shapes = {"encoder_input_tokens": batch_shape}
     abstract = jax.eval_shape(lambda r: self.model.get_initial_variables(r, input_shapes), rng)
@@ -253,27 +262,19 @@ class Trainer:
         "opt_state": opt_shardings,
     }
 
-    def init(r):
-      params = self.model.get_initial_variables(r, input_shapes)["params"]
-      return {"step": jnp.zeros((), jnp.int32), "params": params,
-              "opt_state": self.optimizer.init(params)}
-
+  def init_state(self, batch_shape: tuple[int, int]) -> PyTree:
+    """Sharded {'step', 'params', 'opt_state'} from a fresh initialisation."""
+    self._set_shardings(batch_shape)
     with self.mesh:
-      return jax.jit(init, out_shardings=self.state_shardings)(rng)
+      return jax.jit(self._init_fn(batch_shape), out_shardings=self.state_shardings)(
+          jax.random.PRNGKey(self.seed))
 
   def abstract_state(self, batch_shape) -> PyTree:
-    """ShapeDtypeStructs with shardings (the orbax restore target)."""
+    """ShapeDtypeStructs with shardings (the orbax restore target); allocates
+    nothing, so a resume restores straight into the sharded state."""
     if self.state_shardings is None:
-      raise RuntimeError("call init_state first")
-    rng = jax.random.PRNGKey(self.seed)
-    input_shapes = {"encoder_input_tokens": batch_shape}
-
-    def init(r):
-      params = self.model.get_initial_variables(r, input_shapes)["params"]
-      return {"step": jnp.zeros((), jnp.int32), "params": params,
-              "opt_state": self.optimizer.init(params)}
-
-    shapes = jax.eval_shape(init, rng)
+      self._set_shardings(batch_shape)
+    shapes = jax.eval_shape(self._init_fn(batch_shape), jax.random.PRNGKey(self.seed))
     return jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
         self.state_shardings)
@@ -605,7 +606,6 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
       train_dataset_cfg.task_feature_lengths)["encoder_input_tokens"])
   batch_shape = (train_dataset_cfg.batch_size, length)
 
-  state = trainer.init_state(batch_shape)
   manager = _checkpoint_manager(model_dir, checkpoint_cfg)
   if config_text is not None:  # before the first step: a killed run can be served
     write_config(model_dir, config_text)
@@ -614,10 +614,14 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   if latest is not None:
     from narlm import checkpoints  # pylint: disable=g-import-not-at-top
     console.say("resuming from %s step %d", model_dir, latest)
-    # Validates the step first: a damaged checkpoint is a CheckpointError
-    # naming the step and path, never a deep orbax/tensorstore traceback.
+    # Straight into the abstract (sharded) state: no initialised copy is
+    # allocated first, so peak memory is one train state, not two. Validates
+    # the step first: a damaged checkpoint is a CheckpointError naming the
+    # step and path, never a deep orbax/tensorstore traceback.
     state = checkpoints.restore(manager, latest, trainer.abstract_state(batch_shape))
-  elif init_checkpoint:
+  else:
+    state = trainer.init_state(batch_shape)
+  if latest is None and init_checkpoint:
     params = jax.device_get(state["params"])
     params = model.warm_start_from_hf_bert(params, init_checkpoint)
     state = trainer.put_params(state, params)
