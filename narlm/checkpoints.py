@@ -27,6 +27,12 @@ What can go wrong, and what this module does about it:
   array data (e.g. a truncated data file) shows when the arrays are read, and
   `restore()` / `read_arrays()` turn the low-level tensorstore error into a
   `CorruptCheckpointError` naming the step, the path and the damaged array.
+* A checkpoint written by another configuration (a changed CRF_RANK, optimizer
+  or vocabulary) is not damage: before reading any array, `restore()` compares
+  the checkpoint's orbax metadata (tree structure, shapes, dtypes) with the
+  current model's abstract state (`config_mismatches()`) and reports the
+  differences, with no advice to move anything aside. Only a read that fails
+  after the metadata matched is called damage. No error text is parsed.
 
 Policy (chosen for the trainer): a damaged latest checkpoint FAILS with a clear
 message; it is not silently skipped. Resuming from an older step would quietly
@@ -56,13 +62,6 @@ from etils import epath
 TMP_MARKER = ".orbax-checkpoint-tmp"
 DEFAULT_ITEM = "default"
 _STEP_RE = re.compile(r"^\d+$")
-# Error texts of tensorstore / the file system that mean damaged files (not a
-# config mismatch between the checkpoint and the model being restored).
-_DAMAGE_RE = re.compile(r"OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|Error reading|Error opening|"
-                        r"No such file|corrupt|truncat|Unexpected end|invalid.*manifest|"
-                        r"error while reading",
-                        re.IGNORECASE)
-
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be used; the message says which, where and why."""
@@ -230,9 +229,57 @@ def describe_error(error: BaseException) -> str:
   return "\n      caused by ".join(_short(e) for e in _error_chain(error))
 
 
-def is_damage_error(error: BaseException) -> bool:
-  """Whether a restore error comes from damaged files (vs. a config mismatch)."""
-  return any(_DAMAGE_RE.search(_short(e)) for e in _error_chain(error))
+def _key_name(key) -> str:
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _leaf_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{'params/crf/E1': (shape, dtype)} for every array leaf. Keys are
+  normalised to names / indices, so a namedtuple field in the model's optax
+  state and the dict key orbax wrote for it compare equal."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if leaf is None or not hasattr(leaf, "shape"):
+      continue
+    out["/".join(_key_name(k) for k in path)] = (tuple(int(d) for d in leaf.shape),
+                                                 str(np.dtype(leaf.dtype)))
+  return out
+
+
+def config_mismatches(root, step: int, target: Any, item: str = DEFAULT_ITEM,
+                      limit: int = 6) -> list[str]:
+  """How checkpoint `step` differs from `target` (the current model's abstract
+  train state) in tree structure, shapes and dtypes, read from orbax's
+  metadata without reading any array. Empty when they agree.
+
+  This, not the text of a failed restore, is what tells a changed config
+  (CRF_RANK, the optimizer, the vocabulary) from damaged files.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = step_path(_root(root), step) / item
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path)
+  tree = getattr(metadata, "item_metadata", metadata)
+  tree = getattr(tree, "tree", tree)
+  saved, wanted = _leaf_specs(tree), _leaf_specs(target)
+  problems = []
+  for name in sorted(set(wanted) - set(saved)):
+    problems.append(f"{name}: in the current model, not in the checkpoint")
+  for name in sorted(set(saved) - set(wanted)):
+    problems.append(f"{name}: in the checkpoint, not in the current model")
+  for name in sorted(set(saved) & set(wanted)):
+    if saved[name] != wanted[name]:
+      (s_shape, s_dtype), (w_shape, w_dtype) = saved[name], wanted[name]
+      problems.append(f"{name}: checkpoint {s_dtype}{list(s_shape)}, current model "
+                      f"{w_dtype}{list(w_shape)}")
+  if len(problems) > limit:
+    problems = problems[:limit] + [f"... and {len(problems) - limit} more differences"]
+  return problems
 
 
 def _previous(root, step: int) -> Optional[int]:
@@ -366,13 +413,19 @@ def restore(manager, step: int, target: Any) -> Any:
   path = step_path(root, step)
   _raise_if_damaged(root, step)
   try:
+    mismatches = config_mismatches(root, step, target)
+  except Exception as e:  # pylint: disable=broad-except  (unreadable metadata is damage)
+    raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
+                                 path=path) from e
+  if mismatches:
+    raise CheckpointError(
+        f"checkpoint step {step} at {path} was written by a different configuration than "
+        "the current one (its files are fine):\n" + "\n".join(f"  - {m}" for m in mismatches)
+        + "\nResume with the config the run was started with (MODEL_DIR/config.gin), or "
+        "use a new MODEL_DIR.", step=step, path=path)
+  try:
     return manager.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as e:  # pylint: disable=broad-except
-    if is_damage_error(e):
-      raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
-                                   path=path) from e
-    raise CheckpointError(
-        f"checkpoint step {step} at {path} could not be restored into the current model: "
-        f"{describe_error(e)}\nIf the model, optimizer or mesh config changed "
-        f"since it was written, resume with the original config or use a new MODEL_DIR.",
-        step=step, path=path) from e
+    # Structure, shapes and dtypes matched: what fails now is reading the files.
+    raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
+                                 path=path) from e

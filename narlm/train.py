@@ -22,7 +22,6 @@ and only `main()` below parses gin.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import os
@@ -30,7 +29,7 @@ import re
 import signal
 import sys
 import time
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +37,15 @@ import numpy as np
 
 from narlm import console
 from narlm import partitioning
+# Re-exported: narlm.train is the trainer's public face (gin binds
+# train_lib.*, tools import these from here).
+from narlm.run_dirs import (_append_jsonl, _best_checkpoint_dir, _checkpoint_dir,  # noqa: F401
+                            _checkpoint_manager, _train_cpu_seconds_logged,
+                            best_checkpoint_step, restore_params)
+from narlm.train_data import (bucket_by_length, get_dataset, get_task_or_mixture,  # noqa: F401
+                              prefetch_to_device)
+from narlm.train_eval import (BestTracker, _check_output_vocab_coverage, _run_eval,  # noqa: F401
+                              evaluate_with_metrics)
 
 PyTree = Any
 
@@ -80,125 +88,7 @@ class DistributedConfig:
   local_device_ids: Optional[Sequence[int]] = None
 
 
-# --------------------------------------------------------------------- data
-def get_task_or_mixture(name: str):
-  """The registered seqio task/mixture (importing narlm.tasks registers them);
-  an unknown name raises ValueError listing close matches."""
-  from narlm import tasks  # pylint: disable=g-import-not-at-top
-  return tasks.get_task_or_mixture(name)
-
-
-def get_dataset(cfg: DatasetConfig, model, *, num_epochs: Optional[int] = None,
-                shard_index: int = 0, num_shards: int = 1, drop_remainder: bool = True):
-  """Converted, per-host-batched tf.data.Dataset of model features."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  get_task_or_mixture(cfg.mixture_or_task_name)
-  if cfg.batch_size % num_shards:
-    raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {num_shards} hosts")
-  ds = seqio.get_dataset(
-      mixture_or_task_name=cfg.mixture_or_task_name,
-      task_feature_lengths=dict(cfg.task_feature_lengths),
-      dataset_split=cfg.split,
-      shuffle=cfg.shuffle,
-      num_epochs=num_epochs,
-      feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
-      shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-      use_cached=cfg.use_cached,
-      seed=cfg.seed,
-      # Let NarFeatureConverter truncate, so every over-long example is
-      # counted and logged instead of silently trimmed by seqio.
-      trim_output_features=False)
-  if cfg.length_buckets:
-    if num_shards > 1:
-      raise ValueError("length_buckets needs a single process: hosts would pick different "
-                       "bucket lengths for the same step")
-    return bucket_by_length(ds, cfg.length_buckets, cfg.batch_size, drop_remainder)
-  return ds.batch(cfg.batch_size // num_shards, drop_remainder=drop_remainder)
-
-
-def bucket_by_length(ds, length_buckets: Sequence[int], batch_size: int,
-                     drop_remainder: bool = True):
-  """Batches of examples of similar length, each cut to its bucket's length.
-
-  An example's length is max(source positions, target positions incl. the
-  two eos). Examples are grouped by the smallest bucket that holds them
-  (buckets above the row length L are dropped and L is added), batched, and
-  every feature is cut from [B, L] to [B, bucket]: a model sees at most
-  len(buckets) + 1 shapes. The order is a deterministic function of the
-  input order, so resuming (which skips consumed batches) stays exact.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  full = int(ds.element_spec["encoder_input_tokens"].shape[0])
-  bounds = sorted({int(b) for b in length_buckets if 0 < int(b) < full} | {full})
-  bounds_t = tf.constant(bounds, tf.int64)
-
-  def key(ex):
-    n_in = tf.reduce_sum(tf.cast(ex["encoder_input_tokens"] != 0, tf.int64))
-    n_tgt = tf.reduce_sum(tf.cast(ex["decoder_loss_weights"] > 0, tf.int64))
-    return tf.searchsorted(bounds_t, tf.reshape(tf.maximum(n_in, n_tgt), [1]),
-                           out_type=tf.int64)[0]
-
-  def reduce(bucket, window):
-    cut = tf.gather(bounds_t, bucket)
-    return window.batch(batch_size, drop_remainder=drop_remainder).map(
-        lambda b: {k: v[:, :cut] for k, v in b.items()})
-
-  return ds.group_by_window(key, reduce, window_size=batch_size)
-
-
 # -------------------------------------------------------------------- state
-def _checkpoint_manager(model_dir: str, cfg: CheckpointConfig):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True,
-                                         enable_async_checkpointing=cfg.async_save)
-  return ocp.CheckpointManager(_checkpoint_dir(model_dir), options=options)
-
-
-def _checkpoint_dir(model_dir: str):
-  """model_dir/checkpoints; local paths made absolute, gs:// etc. kept as is."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  path = epath.Path(model_dir) / "checkpoints"
-  return path if "://" in str(model_dir) else epath.Path(os.path.abspath(path))
-
-
-def _best_checkpoint_dir(model_dir: str):
-  """model_dir/best_checkpoint: the parameters of the best validation score."""
-  return _checkpoint_dir(model_dir).parent / "best_checkpoint"
-
-
-def best_checkpoint_step(model_dir: str) -> Optional[int]:
-  """Step of the run's best-validation checkpoint, or None if it has none."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = _best_checkpoint_dir(model_dir)
-  if not path.is_dir():
-    return None
-  with ocp.CheckpointManager(path) as manager:
-    return manager.latest_step()
-
-
-def restore_params(model_dir: str, step: Optional[int] = None,
-                   prefer_best: bool = True) -> PyTree:
-  """Loads the parameters of a narlm checkpoint, on host: the best-validation
-  checkpoint when the run kept one (see `train(best_metric=...)`) and
-  `prefer_best`, else the latest; or the given `step`."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  if step is None and prefer_best:
-    best = best_checkpoint_step(model_dir)
-    if best is not None:
-      logging.info("loading the best-validation checkpoint of %s (step %d)", model_dir, best)
-      with ocp.CheckpointManager(_best_checkpoint_dir(model_dir)) as manager:
-        return manager.restore(best, args=ocp.args.StandardRestore())["params"]
-  path = _checkpoint_dir(model_dir)
-  if not path.is_dir():
-    raise FileNotFoundError(f"no checkpoints under {path}")
-  with ocp.CheckpointManager(path) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no complete checkpoint under {path}")
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
-  return restored["params"]
-
-
 def dropout_root_key(seed: int) -> jax.Array:
   """The root of the dropout stream (step s uses fold_in(root, s)).
 
@@ -378,84 +268,7 @@ class Trainer:
             for k, v in local_batch.items()}
 
 
-def prefetch_to_device(batches: Iterator[Mapping[str, np.ndarray]], put, size: int = 2
-                       ) -> Iterator[Mapping[str, jax.Array]]:
-  """Yields `put(batch)` for each host batch, with `size` more already put.
-
-  `put` (Trainer.global_batch) starts an asynchronous transfer, so the next
-  batches travel while the current step runs. Order is unchanged: resuming
-  by skipping the consumed steps stays exact (batches prefetched past a stop
-  are simply dropped).
-  """
-  if size < 0:
-    raise ValueError(f"prefetch_batches must be >= 0, got {size}")
-  queue: collections.deque = collections.deque()
-  for batch in batches:
-    queue.append(put(batch))
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
-
-
 # --------------------------------------------------------------------- eval
-def _batched_predictions(trainer: Trainer, params, ds, batch_size: int, decode_kwargs):
-  """seqio predict_fn body: (index, features) dataset -> [(index, tokens)]."""
-  predict = trainer.compiled_predict(tuple(sorted(decode_kwargs.items())))
-  out = []
-  for batch in ds.batch(batch_size).as_numpy_iterator():
-    index, features = batch
-    n = len(index)
-    tokens = np.asarray(features["encoder_input_tokens"])
-    if n < batch_size:  # pad the last batch so it reuses the compiled program
-      tokens = np.concatenate([tokens, np.zeros((batch_size - n,) + tokens.shape[1:],
-                                                tokens.dtype)])
-    pred, aux = predict(params, {"encoder_input_tokens": jnp.asarray(tokens)})
-    # Full padded rows (pad after the cut), as t5x returns them: seqio stacks
-    # the predictions into one array, and its vocab.decode drops the padding.
-    pred = np.asarray(pred)
-    out.extend((int(index[i]), pred[i].tolist()) for i in range(n))
-  return out
-
-
-def evaluate_with_metrics(trainer: Trainer, params, cfg: DatasetConfig, *, step: int,
-                          num_examples: Optional[int] = None,
-                          decode_kwargs: Optional[Mapping[str, Any]] = None,
-                          num_samples: int = 3):
-  """Decodes `cfg.split` and computes the tasks' seqio metrics.
-
-  Returns (metrics {task: {name: value}}, the first `num_samples`
-  (input, prediction, target) strings per task).
-  """
-  import seqio  # pylint: disable=g-import-not-at-top
-  get_task_or_mixture(cfg.mixture_or_task_name)
-  evaluator = seqio.Evaluator(
-      mixture_or_task_name=cfg.mixture_or_task_name,
-      feature_converter=trainer.model.FEATURE_CONVERTER_CLS(pack=False),
-      eval_split=cfg.split, sequence_length=dict(cfg.task_feature_lengths),
-      num_examples=num_examples, async_compute_metrics=False)
-  decode_kwargs = dict(decode_kwargs or {})
-  predictions: list[list[tuple[int, list[int]]]] = []
-
-  def predict_fn(ds):
-    out = _batched_predictions(trainer, params, ds, cfg.batch_size, decode_kwargs)
-    predictions.append(out)
-    return out
-
-  metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
-  metrics = metrics.result() if hasattr(metrics, "result") else metrics
-  samples = []
-  vocab = trainer.model.output_vocabulary
-  for task, task_predictions in zip(evaluator.eval_tasks, predictions):
-    by_index = dict(task_predictions)
-    cached = evaluator.cached_task_datasets[task.name]
-    for i, ex in enumerate(cached.take(num_samples).as_numpy_iterator()):
-      samples.append((ex.get("inputs_pretokenized", b"").decode("utf-8", "replace"),
-                      vocab.decode(by_index.get(i, [])),
-                      ex.get("targets_pretokenized", b"").decode("utf-8", "replace")))
-  return metrics, samples
-
-
 # --------------------------------------------------------------------- loop
 @jax.jit
 def track_nonfinite(nonfinite: tuple[jax.Array, jax.Array], loss: jax.Array,
@@ -745,95 +558,6 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   return last_metrics
 
 
-class BestTracker:
-  """Validation curve, best-checkpoint selection and early stopping.
-
-  Every evaluation is appended to model_dir/validation_curve.jsonl. On
-  resume the curve up to the restored step is read back, so the best value
-  and the patience count continue exactly.
-  """
-
-  def __init__(self, model_dir: str, metric: Optional[str], mode: str,
-               patience: Optional[int], start_step: int, write: bool = True):
-    import json  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    self.model_dir, self.metric, self.mode, self.patience = model_dir, metric, mode, patience
-    self.write = write
-    self.curve_path = os.path.join(model_dir, "validation_curve.jsonl")
-    self.best_value: Optional[float] = None
-    self.best_step: Optional[int] = None
-    self.evals_since_best = 0
-    if metric and start_step and tf.io.gfile.exists(self.curve_path):
-      with tf.io.gfile.GFile(self.curve_path) as f:
-        for line in f:
-          try:
-            record = json.loads(line)
-          except ValueError:
-            continue  # a line cut short by a kill
-          if record.get("step", start_step + 1) <= start_step:
-            self._observe(record["step"], record.get(f"eval/{metric}"))
-
-  def _better(self, value: float) -> bool:
-    if self.best_value is None:
-      return True
-    return value > self.best_value if self.mode == "max" else value < self.best_value
-
-  def _observe(self, step: int, value: Optional[float]) -> bool:
-    if value is not None and np.isfinite(value) and self._better(value):
-      self.best_value, self.best_step, self.evals_since_best = float(value), int(step), 0
-      return True
-    self.evals_since_best += 1
-    return False
-
-  def update(self, step: int, results: Mapping[str, float], params) -> bool:
-    """Records one evaluation; saves `params` if it is a new best. Returns
-    True when training should stop (patience used up)."""
-    if self.write:
-      _append_jsonl(self.curve_path, {"step": step, **results})
-    if not self.metric:
-      return False
-    key = f"eval/{self.metric}"
-    if key not in results:
-      raise ValueError(f"best_metric {self.metric!r} is not among the evaluation results "
-                       f"{sorted(k[len('eval/'):] for k in results)}")
-    if self._observe(step, results[key]):
-      self._save_best(step, params)
-    return self.patience is not None and self.evals_since_best >= self.patience
-
-  def _save_best(self, step: int, params) -> None:
-    import json  # pylint: disable=g-import-not-at-top
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                           enable_async_checkpointing=False)
-    with ocp.CheckpointManager(_best_checkpoint_dir(self.model_dir), options=options) as m:
-      m.save(step, args=ocp.args.StandardSave({"params": params}), force=True)
-      m.wait_until_finished()
-    if self.write:
-      with tf.io.gfile.GFile(os.path.join(self.model_dir, "best.json"), "w") as f:
-        f.write(json.dumps({"step": step, "metric": self.metric, "value": self.best_value}) + "\n")
-    console.say("  new best %s = %.2f at step %d", self.metric, self.best_value, step)
-
-
-def _train_cpu_seconds_logged(model_dir: str, step: int) -> float:
-  """Training CPU seconds recorded in train_metrics.jsonl up to `step` (0 if none)."""
-  import json  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  path = os.path.join(model_dir, "train_metrics.jsonl")
-  spent = 0.0
-  if not tf.io.gfile.exists(path):
-    return spent
-  with tf.io.gfile.GFile(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue  # a line cut short by a kill
-      if record.get("step", step + 1) <= step and "train/cpu_seconds" in record:
-        spent = max(spent, float(record["train/cpu_seconds"]))
-  return spent
-
-
 def _any_process(flag: bool, num_processes: int) -> bool:
   """True if any process has the flag. A SIGTERM that reaches one process
   first must stop all of them at the same step, or one enters the checkpoint
@@ -845,72 +569,9 @@ def _any_process(flag: bool, num_processes: int) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
-def _append_jsonl(path: str, record: Mapping[str, Any]) -> None:
-  """One JSON line per log step: easy to read back (tests, plots)."""
-  import json  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  with tf.io.gfile.GFile(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
-
-
 def threading_is_main() -> bool:
   import threading  # pylint: disable=g-import-not-at-top
   return threading.current_thread() is threading.main_thread()
-
-
-def _run_eval(trainer, state, cfg, step, writer, eval_steps, infer_eval_examples,
-              decode_kwargs) -> dict[str, float]:
-  model = trainer.model
-  results: dict[str, float] = {}
-  eval_ds = get_dataset(cfg, model, num_epochs=1, shard_index=jax.process_index(),
-                        num_shards=jax.process_count())
-  eval_step = trainer.compiled_eval_step()
-  merged = None
-  for i, local in enumerate(eval_ds.as_numpy_iterator()):
-    if i >= eval_steps:
-      break
-    with trainer.mesh:
-      m = eval_step(state["params"], trainer.global_batch(local))
-    merged = m if merged is None else {k: merged[k].merge(m[k]) for k in m}
-  if merged is not None:
-    results.update({f"eval/{k}": float(v.compute()) for k, v in merged.items()})
-  if infer_eval_examples != 0:
-    metrics, samples = evaluate_with_metrics(trainer, state["params"], cfg, step=step,
-                                             num_examples=infer_eval_examples,
-                                             decode_kwargs=decode_kwargs)
-    for task_name, task_metrics in metrics.items():
-      for name, value in task_metrics.items():
-        value = getattr(value, "value", value)
-        if np.ndim(value) == 0:
-          results[f"eval/{task_name}/{name}"] = float(value)
-  else:
-    samples = []
-  if jax.process_index() == 0:
-    for line in console.eval_lines(step, results, samples):
-      console.say(line)
-  writer.write_scalars(step, results)
-  return results
-
-
-def _check_output_vocab_coverage(model, cfg: DatasetConfig, warn_below: float = 0.99) -> None:
-  """Warns when a restricted output vocabulary cannot produce part of the
-  validation targets (e.g. a copy task whose references use words that no
-  training target did)."""
-  vocab = getattr(model.module, "output_vocab", None)
-  if vocab is None:
-    return
-  from narlm import output_vocab as output_vocab_lib  # pylint: disable=g-import-not-at-top
-  try:
-    outside, total = output_vocab_lib.task_coverage(vocab, cfg.mixture_or_task_name, cfg.split)
-  except Exception as e:  # pylint: disable=broad-except  (a check, never a reason to stop)
-    logging.info("output vocabulary coverage not checked: %s", e)
-    return
-  if total and outside / total > 1.0 - warn_below:
-    logging.warning(
-        "OUTPUT_VOCAB (%d ids) lacks %.2f%% of the %s split's target tokens (%d of %d): the "
-        "model can never produce them; for copy-heavy tasks use OUTPUT_VOCAB = None (the whole "
-        "vocabulary) or output_vocab.from_task.include_inputs = True", vocab.size,
-        100.0 * outside / total, cfg.split, outside, total)
 
 
 def _print_header(model, params, data_cfg: DatasetConfig, train_steps: int, start_step: int,

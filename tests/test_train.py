@@ -312,3 +312,22 @@ def test_prefetch_to_device_keeps_order_and_runs_ahead():
   assert list(train.prefetch_to_device(iter(range(3)), put, size=0)) == [0, 10, 20]
   with pytest.raises(ValueError, match="prefetch_batches must be >= 0"):
     next(train.prefetch_to_device(iter(range(3)), put, size=-1))
+
+
+def test_resume_with_a_changed_config_is_a_config_error_not_damage(tmp_path):
+  """A changed CRF_RANK (the probe of the reliability issue) used to be called
+  'damaged' with advice to move good checkpoints aside: orbax's shape-mismatch
+  text contains 'truncat'. Now the metadata is compared with the model."""
+  from narlm import checkpoints
+  args = ["--gin.TRAIN_STEPS=1", *FAST, "--gin.CHECKPOINT_PERIOD=1", "--gin.EVAL_PERIOD=0"]
+  run_in_process(tmp_path / "run", *args)
+  with pytest.raises(checkpoints.CheckpointError) as info:
+    run_in_process(tmp_path / "run", *args[1:], "--gin.TRAIN_STEPS=2", "--gin.CRF_RANK=16")
+  message = str(info.value)
+  assert not isinstance(info.value, checkpoints.CorruptCheckpointError)
+  assert "written by a different configuration" in message and "files are fine" in message
+  assert "crf/E1: checkpoint float32[30522, 32], current model float32[30522, 16]" in message
+  assert "damaged" not in message and "mv " not in message
+  # The same config resumes.
+  run_in_process(tmp_path / "run", *args[1:], "--gin.TRAIN_STEPS=2")
+  assert sorted(logged_losses(tmp_path / "run")) == [1, 2]

@@ -1,0 +1,99 @@
+"""A narlm run directory: where checkpoints, the best checkpoint and the
+JSON-lines logs live, and how parameters are read back from it.
+
+  MODEL_DIR/checkpoints/<step>       orbax train states (keep-N, atomic)
+  MODEL_DIR/best_checkpoint/<step>   params of the best validation score
+  MODEL_DIR/train_metrics.jsonl      one record per log step
+  MODEL_DIR/validation_curve.jsonl   one record per evaluation
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+if TYPE_CHECKING:
+  from narlm.train import CheckpointConfig
+
+
+PyTree = Any
+
+
+def _checkpoint_manager(model_dir: str, cfg: CheckpointConfig):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, create=True,
+                                         enable_async_checkpointing=cfg.async_save)
+  return ocp.CheckpointManager(_checkpoint_dir(model_dir), options=options)
+
+
+def _checkpoint_dir(model_dir: str):
+  """model_dir/checkpoints; local paths made absolute, gs:// etc. kept as is."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  path = epath.Path(model_dir) / "checkpoints"
+  return path if "://" in str(model_dir) else epath.Path(os.path.abspath(path))
+
+
+def _best_checkpoint_dir(model_dir: str):
+  """model_dir/best_checkpoint: the parameters of the best validation score."""
+  return _checkpoint_dir(model_dir).parent / "best_checkpoint"
+
+
+def best_checkpoint_step(model_dir: str) -> Optional[int]:
+  """Step of the run's best-validation checkpoint, or None if it has none."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = _best_checkpoint_dir(model_dir)
+  if not path.is_dir():
+    return None
+  with ocp.CheckpointManager(path) as manager:
+    return manager.latest_step()
+
+
+def restore_params(model_dir: str, step: Optional[int] = None,
+                   prefer_best: bool = True) -> PyTree:
+  """Loads the parameters of a narlm checkpoint, on host: the best-validation
+  checkpoint when the run kept one (see `train(best_metric=...)`) and
+  `prefer_best`, else the latest; or the given `step`."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if step is None and prefer_best:
+    best = best_checkpoint_step(model_dir)
+    if best is not None:
+      logging.info("loading the best-validation checkpoint of %s (step %d)", model_dir, best)
+      with ocp.CheckpointManager(_best_checkpoint_dir(model_dir)) as manager:
+        return manager.restore(best, args=ocp.args.StandardRestore())["params"]
+  path = _checkpoint_dir(model_dir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"no checkpoints under {path}")
+  with ocp.CheckpointManager(path) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint under {path}")
+    restored = manager.restore(step, args=ocp.args.StandardRestore())
+  return restored["params"]
+
+
+def _append_jsonl(path: str, record: Mapping[str, Any]) -> None:
+  """One JSON line per log step: easy to read back (tests, plots)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _train_cpu_seconds_logged(model_dir: str, step: int) -> float:
+  """Training CPU seconds recorded in train_metrics.jsonl up to `step` (0 if none)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = os.path.join(model_dir, "train_metrics.jsonl")
+  spent = 0.0
+  if not tf.io.gfile.exists(path):
+    return spent
+  with tf.io.gfile.GFile(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue  # a line cut short by a kill
+      if record.get("step", step + 1) <= step and "train/cpu_seconds" in record:
+        spent = max(spent, float(record["train/cpu_seconds"]))
+  return spent
