@@ -29,6 +29,7 @@ import re
 import signal
 import sys
 import time
+import tokenize
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -68,6 +69,26 @@ class DatasetConfig:
   # these lengths that holds it (plus the full length): a few static shapes
   # instead of padding every row to the maximum. None = no bucketing.
   length_buckets: Optional[Sequence[int]] = None
+
+  def __post_init__(self):
+    # Checked here, where gin builds it: a bad value names its binding
+    # instead of failing later inside TensorFlow or a string format.
+    def positive_int(value, name):
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"DatasetConfig.{name} (e.g. BATCH_SIZE, TASK_FEATURE_LENGTHS) must "
+                         f"be a positive integer, got {value!r}")
+    positive_int(self.batch_size, "batch_size")
+    if not isinstance(self.mixture_or_task_name, str) or not self.mixture_or_task_name:
+      raise ValueError(f"DatasetConfig.mixture_or_task_name (MIXTURE_OR_TASK_NAME) must be a "
+                       f"task name, got {self.mixture_or_task_name!r}")
+    if not isinstance(self.task_feature_lengths, Mapping) or not self.task_feature_lengths:
+      raise ValueError("DatasetConfig.task_feature_lengths (TASK_FEATURE_LENGTHS) must be a "
+                       f"dict like {{'inputs': 64, 'targets': 64}}, got "
+                       f"{self.task_feature_lengths!r}")
+    for name, length in self.task_feature_lengths.items():
+      positive_int(length, f"task_feature_lengths[{name!r}]")
+    for length in self.length_buckets or ():
+      positive_int(length, "length_buckets")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -610,7 +631,8 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
       raise FileNotFoundError(f"gin file not found: {f}")
   try:
     gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
-  except (SyntaxError, ValueError, KeyError, ImportError, TypeError) as e:
+  except (SyntaxError, ValueError, KeyError, ImportError, TypeError, tokenize.TokenError) as e:
+    # tokenize.TokenError: e.g. an unclosed '(' (gin's parser does not wrap it).
     raise ValueError(f"could not parse gin config {list(gin_files)} + {list(gin_bindings)}: "
                      f"{e}") from e
   check_macro_bindings_are_used(gin_files, gin_bindings, gin.config_str())

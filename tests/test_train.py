@@ -331,3 +331,21 @@ def test_resume_with_a_changed_config_is_a_config_error_not_damage(tmp_path):
   # The same config resumes.
   run_in_process(tmp_path / "run", *args[1:], "--gin.TRAIN_STEPS=2")
   assert sorted(logged_losses(tmp_path / "run")) == [1, 2]
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("--gin.BATCH_SIZE='a'", "batch_size .* must be a positive integer, got 'a'"),
+    ("--gin.BATCH_SIZE=0", "batch_size .* must be a positive integer, got 0"),
+    ("--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 8}",
+     r"task_feature_lengths\['inputs'\] .* got 0"),
+])
+def test_bad_data_settings_name_the_binding(tmp_path, binding, message):
+  with pytest.raises(ValueError, match=message):
+    run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *FAST, binding)
+
+
+def test_unclosed_parenthesis_in_a_gin_file_is_a_parse_error(tmp_path):
+  bad = tmp_path / "bad.gin"
+  bad.write_text("include 'narlm/gin/tiny_cpu.gin'\nTRAIN_STEPS = (3\n")
+  with pytest.raises(ValueError, match="could not parse gin config.*EOF in multi-line"):
+    run_in_process(tmp_path / "run", gin_file=str(bad))
