@@ -44,8 +44,9 @@ Tools that prefer falling back (evaluation, export) can call
 `latest_valid_step(..., on_corrupt="fallback")`, which logs a warning naming
 each skipped step and returns the newest valid one.
 
-Not detected: silent bit flips inside array data (OCDBT stores no checksums
-of the values); that would need a checksum manifest written after commit.
+Damage inside array data that still decodes (garbage or bit flips: OCDBT
+stores no checksums of the values) is caught by the checksums the trainer
+writes at every save (`narlm.checksums`), verified after each restore.
 """
 
 from __future__ import annotations
@@ -424,8 +425,23 @@ def restore(manager, step: int, target: Any) -> Any:
         + "\nResume with the config the run was started with (MODEL_DIR/config.gin), or "
         "use a new MODEL_DIR.", step=step, path=path)
   try:
-    return manager.restore(step, args=ocp.args.StandardRestore(target))
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
   except Exception as e:  # pylint: disable=broad-except
     # Structure, shapes and dtypes matched: what fails now is reading the files.
     raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
                                  path=path) from e
+  raise_on_checksum_mismatch(root, step, restored)
+  return restored
+
+
+def raise_on_checksum_mismatch(root, step: int, restored: Any, prefix: str = "") -> None:
+  """CorruptCheckpointError naming the arrays of `restored` whose values differ
+  from the checksums written when step `step` was saved (narlm.checksums)."""
+  from narlm import checksums  # pylint: disable=g-import-not-at-top
+  bad = checksums.verify(root, step, restored, prefix)
+  if bad:
+    shown = bad[:6] + ([f"... and {len(bad) - 6} more"] if len(bad) > 6 else [])
+    problems = [f"array {name}: its values differ from the checksum written at save time"
+                for name in shown]
+    raise CorruptCheckpointError(corrupt_message(_root(root), step, problems), step=step,
+                                 path=step_path(_root(root), step), problems=problems)

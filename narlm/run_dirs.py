@@ -55,12 +55,15 @@ def restore_params(model_dir: str, step: Optional[int] = None,
   checkpoint when the run kept one (see `train(best_metric=...)`) and
   `prefer_best`, else the latest; or the given `step`."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from narlm import checkpoints  # pylint: disable=g-import-not-at-top
   if step is None and prefer_best:
     best = best_checkpoint_step(model_dir)
     if best is not None:
       logging.info("loading the best-validation checkpoint of %s (step %d)", model_dir, best)
       with ocp.CheckpointManager(_best_checkpoint_dir(model_dir)) as manager:
-        return manager.restore(best, args=ocp.args.StandardRestore())["params"]
+        restored = _read(manager, best)
+      checkpoints.raise_on_checksum_mismatch(_best_checkpoint_dir(model_dir), best, restored)
+      return restored["params"]
   path = _checkpoint_dir(model_dir)
   if not path.is_dir():
     raise FileNotFoundError(f"no checkpoints under {path}")
@@ -68,8 +71,23 @@ def restore_params(model_dir: str, step: Optional[int] = None,
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint under {path}")
-    restored = manager.restore(step, args=ocp.args.StandardRestore())
+    restored = _read(manager, step)
+  checkpoints.raise_on_checksum_mismatch(path, step, restored)
   return restored["params"]
+
+
+def _read(manager, step: int) -> PyTree:
+  """Restores `step` as it was saved (no target, so no config can mismatch:
+  a failure is damaged files) -> CorruptCheckpointError naming the step."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from narlm import checkpoints  # pylint: disable=g-import-not-at-top
+  root = manager.directory
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore())
+  except Exception as e:  # pylint: disable=broad-except
+    raise checkpoints.CorruptCheckpointError(
+        checkpoints.corrupt_message(root, step, [], cause=e), step=step,
+        path=checkpoints.step_path(root, step)) from e
 
 
 def _append_jsonl(path: str, record: Mapping[str, Any]) -> None:

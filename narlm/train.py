@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from narlm import checksums
 from narlm import console
 from narlm import partitioning
 # Re-exported: narlm.train is the trainer's public face (gin binds
@@ -471,6 +472,10 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     if last_saved == step:
       return
     manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    # Checksums of exactly what was saved: damage inside array data is then
+    # caught at restore (orbax's files carry none).
+    checksums.write(manager.directory, step, state)
+    checksums.prune(manager.directory, list(manager.all_steps()) + [step])
     last_saved = step
 
   # Deterministic order on resume: the same shuffled stream, minus what the

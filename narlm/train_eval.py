@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from narlm import checksums
 from narlm import console
 from narlm.run_dirs import _append_jsonl, _best_checkpoint_dir
 from narlm.train_data import get_dataset, get_task_or_mixture
@@ -196,6 +197,8 @@ class BestTracker:
     with ocp.CheckpointManager(_best_checkpoint_dir(self.model_dir), options=options) as m:
       m.save(step, args=ocp.args.StandardSave({"params": params}), force=True)
       m.wait_until_finished()
+    checksums.write(_best_checkpoint_dir(self.model_dir), step, {"params": params})
+    checksums.prune(_best_checkpoint_dir(self.model_dir), [step])
     if self.write:
       with tf.io.gfile.GFile(os.path.join(self.model_dir, "best.json"), "w") as f:
         f.write(json.dumps({"step": step, "metric": self.metric, "value": self.best_value}) + "\n")
