@@ -38,10 +38,12 @@ waiting for the lock, the server answers 503 instead of queueing more.
 
 Alpha is a static argument of the jitted prediction (`decoding.Generator`),
 so each distinct alpha is a separate compiled program: the warm-up compiles
-`--alpha`, a new value compiles on its first use, and at most
-`--max_alpha_values` distinct values are accepted (then 400 listing them).
+`--alpha` and `--alphas` (a fixed set), and a request for any other value gets
+a 400 naming the allowed ones. No client can make the server compile.
 
-The server has no authentication: it binds to 127.0.0.1 by default.
+It binds to 127.0.0.1 by default; the HTTP layer (`narlm.serve_http`)
+checks Host, takes JSON only, refuses bodies on GET, and requires a bearer
+token for a non-loopback bind.
 """
 
 from __future__ import annotations
@@ -49,21 +51,17 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import http
-import http.server
-import json
 import logging
 import math
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-import urllib.parse
 from typing import Any, Mapping, Optional, Sequence
 
 from narlm import decoding
+from narlm.serve_http import RequestError, make_server  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("narlm.serve")
 
@@ -72,28 +70,6 @@ AR_METHOD = "ar_greedy"
 ALL_METHODS = NAR_METHODS + (AR_METHOD,)
 MODEL_KINDS = ("NagBertModel", "ArSeq2SeqModel", "TaggerModel")
 REQUEST_FIELDS = ("texts", "methods", "alpha")
-
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-# The page loads nothing but its own files and talks to nothing but this server.
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-# An over-long body is read and discarded up to this size before the 413
-# (so the client, still sending, gets the answer); beyond it the connection
-# is just closed after the 413.
-DRAIN_LIMIT = 8 << 20
-
-
-class RequestError(Exception):
-  """A bad request: answered with `status` and {"error": message}."""
-
-  def __init__(self, status: int, message: str, headers: Optional[Mapping[str, str]] = None):
-    super().__init__(message)
-    self.status = status
-    self.message = message
-    self.headers = dict(headers or {})
-
 
 # ----------------------------------------------------------------- models
 @dataclasses.dataclass
@@ -198,7 +174,6 @@ class Limits:
   max_tokens: int = 64
   max_body_bytes: int = 1 << 20
   max_alpha: float = 4.0
-  max_alpha_values: int = 8
   max_pending: int = 64
 
   def __post_init__(self):
@@ -229,13 +204,16 @@ class GenerationService:
     methods: the methods to offer (default: every one the models support).
     alpha: ratio-first alpha compiled at warm-up and shown on the page
       (default: the model's RATIO_FIRST_ALPHA, else 0.6).
+    alphas: further ratio-first alphas compiled at warm-up; requests may use
+      these and `alpha` only.
   """
 
   def __init__(self, nar: LoadedModel, ar: Optional[LoadedModel] = None, *,
                limits: Limits = Limits(),
                length_buckets: Sequence[int] = decoding.DEFAULT_LENGTH_BUCKETS,
                batch_buckets: Sequence[int] = (1, 8),
-               methods: Optional[Sequence[str]] = None, alpha: Optional[float] = None):
+               methods: Optional[Sequence[str]] = None, alpha: Optional[float] = None,
+               alphas: Sequence[float] = ()):
     _check_model_kinds(nar, ar)
     self.nar, self.ar, self.limits = nar, ar, limits
     for name, model in (("NAR", nar), ("AR", ar)):
@@ -272,6 +250,8 @@ class GenerationService:
       self.model_alpha = self._check_alpha(self.model_alpha, "RATIO_FIRST_ALPHA")
     default_alpha = alpha if alpha is not None else (self.model_alpha or 0.6)
     self.default_alpha = self._check_alpha(default_alpha, "--alpha")
+    self.alphas = tuple(sorted({self.default_alpha}
+                               | {self._check_alpha(a, "--alphas") for a in alphas}))
 
     length_buckets = tuple(sorted(set(length_buckets)))
     batch_buckets = tuple(b for b in sorted(set(batch_buckets)) if b < limits.max_texts)
@@ -286,7 +266,6 @@ class GenerationService:
     self._model_lock = threading.Lock()
     self._state_lock = threading.Lock()
     self._pending = 0
-    self._alphas: set[float] = set()
     self.warm = False
 
   # -------------------------------------------------------------- helpers
@@ -326,7 +305,9 @@ class GenerationService:
       if loaded is None:
         return None
       config = loaded.model.module.config
-      info = {"model_dir": loaded.model_dir, "class": loaded.kind,
+      # The run's name only: no absolute path leaves the server.
+      info = {"model_dir": os.path.basename(os.path.normpath(loaded.model_dir)),
+              "class": loaded.kind,
               "hidden_size": config.hidden_size, "num_layers": config.num_layers,
               "vocab_size": config.vocab_size}
       if hasattr(loaded.model.module, "use_crf"):
@@ -342,6 +323,7 @@ class GenerationService:
         "unavailable": self.unavailable,
         "kinds": {m: ("AR" if m == AR_METHOD else "NAR") for m in ALL_METHODS},
         "default_alpha": self.default_alpha,
+        "alphas": list(self.alphas),
         "model_alpha": self.model_alpha,
         "limits": dataclasses.asdict(self.limits),
         "length_buckets": list(self.length_buckets),
@@ -357,21 +339,22 @@ class GenerationService:
     return " ".join(["a"] * k)
 
   def warm_up(self, workers: int = 1) -> float:
-    """Compiles every (method, length bucket, batch bucket) program; seconds."""
+    """Compiles every program a request can reach: (method, length bucket,
+    batch bucket), and for ratio-first each alpha of the fixed set; seconds."""
     jobs = []
     for method in self.methods:
       gen = self._generator(method)
-      for length in self.length_buckets:
-        text = self._warmup_text(gen.vocab, length)
-        for rows in self.batch_buckets:
-          jobs.append((method, gen, [text] * rows))
-    self._alphas.add(self.default_alpha)
+      for alpha in (self.alphas if method == "ratio_first" else (None,)):
+        for length in self.length_buckets:
+          text = self._warmup_text(gen.vocab, length)
+          for rows in self.batch_buckets:
+            jobs.append((method, gen, [text] * rows, alpha))
     t0 = time.perf_counter()
 
     def run(job):
-      method, gen, texts = job
+      method, gen, texts, alpha = job
       t = time.perf_counter()
-      gen.generate(texts, **self._decode_args(method, self.default_alpha))
+      gen.generate(texts, **self._decode_args(method, alpha))
       logger.info("warm-up: %s, %d x %d tokens: %.1f s", method, len(texts),
                   len(gen.vocab.encode(texts[0])), time.perf_counter() - t)
 
@@ -477,15 +460,10 @@ class GenerationService:
     return texts, methods, alpha
 
   def _admit_alpha(self, alpha: float) -> None:
-    with self._state_lock:
-      if alpha in self._alphas:
-        return
-      if len(self._alphas) >= self.limits.max_alpha_values:
-        known = ", ".join(str(a) for a in sorted(self._alphas))
-        raise RequestError(400, f"alpha {alpha} would compile a new program and this server "
-                           f"already compiled {len(self._alphas)} alpha values "
-                           f"(--max_alpha_values); use one of: {known}")
-      self._alphas.add(alpha)
+    if alpha not in self.alphas:
+      raise RequestError(400, f"alpha {alpha} is not one of this server's compiled alpha "
+                         f"values: {', '.join(str(a) for a in self.alphas)} (the server "
+                         "compiles a fixed set at start-up: --alpha, --alphas)")
 
   # ------------------------------------------------------------ generation
   def generate(self, payload: Any) -> dict[str, Any]:
@@ -518,202 +496,6 @@ class GenerationService:
     return {"results": results, "total_ms": round((time.perf_counter() - t0) * 1e3, 3)}
 
 
-# ------------------------------------------------------------------- HTTP
-def _static_files() -> dict[str, str]:
-  """URL path -> file for the page's own files (nothing else is served)."""
-  files = {}
-  if os.path.isdir(STATIC_DIR):
-    for name in sorted(os.listdir(STATIC_DIR)):
-      if os.path.splitext(name)[1] in STATIC_TYPES:
-        files[f"/static/{name}"] = os.path.join(STATIC_DIR, name)
-  if "/static/index.html" in files:
-    files["/"] = files["/static/index.html"]
-  return files
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-  server_version = "narlm-serve/0.1"
-  protocol_version = "HTTP/1.1"
-  timeout = 30  # seconds a client may take to send its request
-  error_content_type = "application/json"
-
-  # Set on the subclass make_server creates.
-  service: GenerationService
-  static_files: Mapping[str, str] = {}
-
-  # -- responses
-  def _send(self, status: int, body: bytes, content_type: str,
-            headers: Optional[Mapping[str, str]] = None) -> None:
-    self.send_response(status)
-    self.send_header("Content-Type", content_type)
-    self.send_header("Content-Length", str(len(body)))
-    self.send_header("Cache-Control", "no-store")
-    self.send_header("X-Content-Type-Options", "nosniff")
-    for key, value in (headers or {}).items():
-      self.send_header(key, value)
-    if self.close_connection:
-      self.send_header("Connection", "close")
-    self.end_headers()
-    if self.command != "HEAD":
-      self.wfile.write(body)
-
-  def _send_json(self, status: int, obj: Any, headers: Optional[Mapping[str, str]] = None):
-    body = json.dumps(obj).encode("ascii")  # \u escapes: safe for any string
-    self._send(status, body, "application/json; charset=utf-8", headers)
-
-  def send_error(self, code, message=None, explain=None):
-    """JSON for the errors http.server raises itself (bad request line, 414, 501...)."""
-    del explain
-    try:
-      phrase = http.HTTPStatus(code).phrase
-    except ValueError:
-      phrase = "error"
-    self.close_connection = True
-    self.log_error("code %d, message %s", code, message)
-    self._send_json(code, {"error": message or phrase})
-
-  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
-    logger.info("%s %s", self.address_string(), format % args)
-
-  # -- request body
-  def _read_body(self) -> bytes:
-    if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-      self.close_connection = True
-      raise RequestError(411, "chunked request bodies are not supported: send Content-Length")
-    length = self.headers.get("Content-Length")
-    if length is None:
-      self.close_connection = True
-      raise RequestError(411, "missing Content-Length header")
-    if not length.strip().isdigit():
-      self.close_connection = True
-      raise RequestError(400, f"bad Content-Length header {length!r}")
-    length = int(length)
-    limit = self.service.limits.max_body_bytes
-    if length > limit:
-      self.close_connection = True
-      if length <= DRAIN_LIMIT:
-        remaining = length
-        while remaining > 0:
-          chunk = self.rfile.read(min(remaining, 1 << 16))
-          if not chunk:
-            break
-          remaining -= len(chunk)
-      raise RequestError(413, f"request body is {length} bytes; the limit is {limit}")
-    body = self.rfile.read(length)
-    if len(body) < length:
-      self.close_connection = True
-      raise RequestError(400, f"request body ended after {len(body)} of {length} bytes")
-    return body
-
-  @staticmethod
-  def _decode_json(body: bytes) -> Any:
-    try:
-      text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise RequestError(400, f"request body is not valid UTF-8 (byte 0x{body[e.start]:02x} "
-                         f"at offset {e.start})") from None
-    if not text.strip():
-      raise RequestError(400, 'empty request body: send a JSON object such as '
-                         '{"texts": ["..."]}')
-
-    def reject_constant(name):
-      raise ValueError(f"{name} is not valid JSON")
-
-    try:
-      return json.loads(text, parse_constant=reject_constant)
-    except json.JSONDecodeError as e:
-      raise RequestError(400, f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})"
-                         ) from None
-    except ValueError as e:
-      raise RequestError(400, f"malformed JSON: {e}") from None
-    except RecursionError:
-      raise RequestError(400, "malformed JSON: nested too deeply") from None
-
-  # -- routing
-  def _route(self, method: str):
-    path = urllib.parse.urlsplit(self.path).path
-    routes = {"/api/generate": ("POST",), "/api/health": ("GET",), "/favicon.ico": ("GET",)}
-    for static in self.static_files:
-      routes[static] = ("GET",)
-    if path not in routes:
-      raise RequestError(404, f"no such path: {path}")
-    if method not in routes[path] and not (method == "HEAD" and "GET" in routes[path]):
-      raise RequestError(405, f"{method} is not allowed on {path}; use "
-                         f"{' or '.join(routes[path])}", {"Allow": ", ".join(routes[path])})
-    return path
-
-  def _handle(self, method: str) -> None:
-    try:
-      path = self._route(method)
-      if path == "/api/generate":
-        if method == "POST":  # the body of other methods was never read
-          payload = self._decode_json(self._read_body())
-          self._send_json(200, self.service.generate(payload))
-      elif path == "/api/health":
-        self._send_json(200, self.service.health())
-      elif path == "/favicon.ico":
-        self._send(204, b"", "text/plain")
-      else:
-        file = self.static_files[path]
-        with open(file, "rb") as f:
-          body = f.read()
-        headers = {"Content-Security-Policy": PAGE_CSP} if file.endswith(".html") else {}
-        self._send(200, body, STATIC_TYPES[os.path.splitext(file)[1]], headers)
-    except RequestError as e:
-      if method not in ("GET", "HEAD") and e.status in (404, 405):
-        self.close_connection = True  # a body may follow that we did not read
-      self._send_json(e.status, {"error": e.message}, e.headers)
-    except (BrokenPipeError, ConnectionResetError, socket.timeout):
-      self.close_connection = True
-    except Exception:  # pylint: disable=broad-except
-      logger.exception("internal error on %s %s", method, self.path)
-      self.close_connection = True
-      try:
-        self._send_json(500, {"error": "internal error (logged by the server)"})
-      except OSError:
-        pass
-
-  def do_GET(self):  # pylint: disable=invalid-name
-    self._handle("GET")
-
-  def do_HEAD(self):  # pylint: disable=invalid-name
-    self._handle("HEAD")
-
-  def do_POST(self):  # pylint: disable=invalid-name
-    self._handle("POST")
-
-  def do_PUT(self):  # pylint: disable=invalid-name
-    self._handle("PUT")
-
-  def do_DELETE(self):  # pylint: disable=invalid-name
-    self._handle("DELETE")
-
-  def do_PATCH(self):  # pylint: disable=invalid-name
-    self._handle("PATCH")
-
-  def do_OPTIONS(self):  # pylint: disable=invalid-name
-    self._handle("OPTIONS")
-
-
-class Server(http.server.ThreadingHTTPServer):
-  daemon_threads = True
-  # Port reuse: a restarted server does not wait for TIME_WAIT sockets.
-  allow_reuse_address = True
-
-  @property
-  def url(self) -> str:
-    host, port = self.server_address[:2]
-    return f"http://{host}:{port}"
-
-
-def make_server(service: GenerationService, host: str = "127.0.0.1", port: int = 8080) -> Server:
-  """An HTTP server for `service` (call serve_forever; port 0 = any free port)."""
-  handler = type("Handler", (_Handler,), {"service": service, "static_files": _static_files()})
-  if "/" not in handler.static_files:
-    raise FileNotFoundError(f"the demo page {os.path.join(STATIC_DIR, 'index.html')} is missing")
-  return Server((host, port), handler)
-
-
 # -------------------------------------------------------------------- CLI
 def _int_list(text: str) -> tuple[int, ...]:
   try:
@@ -723,6 +505,13 @@ def _int_list(text: str) -> tuple[int, ...]:
   if not values or any(v < 1 for v in values):
     raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
   return values
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+  except ValueError:
+    raise ValueError(f"--alphas: expected comma-separated numbers, got {text!r}") from None
 
 
 def _method_list(text: str) -> tuple[str, ...]:
@@ -741,6 +530,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--host", default="127.0.0.1",
                  help="address to bind (default 127.0.0.1; there is no authentication)")
   p.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
+  p.add_argument("--allowed_hosts", default="",
+                 help="comma-separated extra host names accepted in the Host header (the "
+                 "bind address and, on loopback, localhost are always accepted)")
+  p.add_argument("--token", default=os.environ.get("NARLM_SERVE_TOKEN"),
+                 help="bearer token required on /api/ (default: $NARLM_SERVE_TOKEN); "
+                 "required for a non-loopback --host")
+  p.add_argument("--insecure_no_token", action="store_true",
+                 help="allow a non-loopback --host without --token")
   p.add_argument("--methods", type=_method_list, default=None,
                  help=f"comma-separated methods to offer (default: all of {','.join(ALL_METHODS)} "
                  "the models support)")
@@ -754,8 +551,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  "else 128)")
   p.add_argument("--max_body_bytes", type=int, default=1 << 20, help="request body size")
   p.add_argument("--max_alpha", type=float, default=4.0, help="largest accepted alpha")
-  p.add_argument("--max_alpha_values", type=int, default=8,
-                 help="distinct ratio-first alphas to compile at most")
+  p.add_argument("--alphas", default="",
+                 help="comma-separated further ratio-first alphas compiled at start-up "
+                 "(requests may use --alpha and these only)")
   p.add_argument("--max_pending", type=int, default=64,
                  help="requests waiting for the model before the server answers 503")
   p.add_argument("--length_buckets", type=_int_list,
@@ -786,11 +584,11 @@ def build_service(args: argparse.Namespace) -> GenerationService:
     max_tokens = nar.input_length or 128
   limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_tokens=max_tokens,
                   max_body_bytes=args.max_body_bytes, max_alpha=args.max_alpha,
-                  max_alpha_values=args.max_alpha_values, max_pending=args.max_pending)
+                  max_pending=args.max_pending)
   try:
     service = GenerationService(nar, ar, limits=limits, length_buckets=args.length_buckets,
                                 batch_buckets=args.batch_buckets, methods=args.methods,
-                                alpha=args.alpha)
+                                alpha=args.alpha, alphas=_float_list(args.alphas))
   except RequestError as e:  # a bad --alpha
     raise ValueError(e.message) from None
   if not args.no_warmup:
@@ -802,10 +600,18 @@ def build_service(args: argparse.Namespace) -> GenerationService:
 
 def main(argv: Sequence[str]) -> None:
   args = parse_args(argv)
+  from narlm import serve_http  # pylint: disable=g-import-not-at-top
+  if not serve_http.is_loopback(args.host) and args.token is None and not args.insecure_no_token:
+    raise ValueError(f"--host {args.host} is reachable from other machines: give --token (or "
+                     "$NARLM_SERVE_TOKEN) so that only clients holding it can use the API, or "
+                     "--insecure_no_token to serve without one")
   service = build_service(args)
-  server = make_server(service, args.host, args.port)
-  if args.host not in ("127.0.0.1", "localhost", "::1"):
-    logger.warning("listening on %s: the API has no authentication", args.host)
+  from narlm import serve_http  # pylint: disable=g-import-not-at-top
+  server = make_server(service, args.host, args.port,
+                       allowed_hosts=[h for h in args.allowed_hosts.split(",") if h.strip()],
+                       token=args.token)
+  if not serve_http.is_loopback(args.host) and args.token is None:
+    logger.warning("listening on %s without a bearer token (--insecure_no_token)", args.host)
 
   def on_sigterm(signum, frame):  # pylint: disable=unused-argument
     raise KeyboardInterrupt

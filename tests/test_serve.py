@@ -38,7 +38,7 @@ MAX_TEXTS, MAX_TOKENS, MAX_CHARS, MAX_BODY = 4, 16, 200, 4096
 SERVER_ARGS = ["--port", "0", "--max_texts", str(MAX_TEXTS), "--max_tokens", str(MAX_TOKENS),
                "--max_chars", str(MAX_CHARS), "--max_body_bytes", str(MAX_BODY),
                "--length_buckets", str(MAX_TOKENS), "--batch_buckets", str(MAX_TEXTS),
-               "--alpha", "0.6", "--max_alpha_values", "1"]
+               "--alpha", "0.6"]
 TEXTS = ["the cat sat on the mat .", "a second , longer input sentence about the weather ."]
 
 
@@ -116,6 +116,7 @@ def request(url, method, path, body=None, headers=None, timeout=60):
   try:
     if isinstance(body, (dict, list)):
       body = json.dumps(body).encode("utf-8")
+    if body is not None and method == "POST":
       headers = {"Content-Type": "application/json", **(headers or {})}
     conn.request(method, path, body=body, headers=headers or {})
     response = conn.getresponse()
@@ -156,7 +157,9 @@ def test_health_lists_models_methods_and_limits(url, runs):
   assert health["models"]["nar"]["class"] == "NagBertModel"
   assert health["models"]["nar"]["use_crf"] is True
   assert health["models"]["ar"]["class"] == "ArSeq2SeqModel"
-  assert health["models"]["ar"]["model_dir"] == runs["ar"]
+  # The run's name only: no absolute path leaves the server.
+  assert health["models"]["ar"]["model_dir"] == os.path.basename(runs["ar"])
+  assert health["alphas"] == [0.6]
   assert health["limits"]["max_texts"] == MAX_TEXTS
   assert health["limits"]["max_tokens"] == MAX_TOKENS
   assert health["default_alpha"] == 0.6
@@ -243,9 +246,9 @@ BAD_REQUESTS = [
      "'alpha' must be in (0, 4.0]"),
     ("alpha_tiny", {"texts": ["a"], "methods": ["ratio_first"], "alpha": 0.001}, 400,
      "at least 0.01"),
-    # --max_alpha_values 1: only the warm-up alpha (0.6) may be used.
+    # Only the compiled alphas (--alpha 0.6, no --alphas) may be used.
     ("alpha_not_compiled", {"texts": ["a"], "methods": ["ratio_first"], "alpha": 0.5}, 400,
-     "alpha 0.5 would compile a new program"),
+     "alpha 0.5 is not one of this server's compiled alpha values: 0.6"),
     ("oversize_body", {"texts": ["a" * MAX_BODY]}, 413,
      f"request body is {len(json.dumps({'texts': ['a' * MAX_BODY]}))} bytes; the limit is "
      f"{MAX_BODY}"),
@@ -261,6 +264,9 @@ def test_bad_requests_get_a_4xx_json_error_naming_the_problem(url, body, status,
   assert set(reply) == {"error"} and words in reply["error"], reply
 
 
+POST_HEAD = b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
 def test_http_level_errors_are_json(url):
   status, _, reply = request(url, "GET", "/api/nothing")
   assert status == 404 and reply == {"error": "no such path: /api/nothing"}
@@ -270,13 +276,13 @@ def test_http_level_errors_are_json(url):
   assert status == 405 and headers["Allow"] == "GET"
   status, _, reply = request(url, "BREW", "/api/health")
   assert status == 501 and "BREW" in reply["error"]
-  status, reply = raw_request(url, b"POST /api/generate HTTP/1.1\r\nHost: x\r\n"
+  status, reply = raw_request(url, POST_HEAD +
                               b"Connection: close\r\n\r\n")
   assert status == 411 and "Content-Length" in reply["error"]
-  status, reply = raw_request(url, b"POST /api/generate HTTP/1.1\r\nHost: x\r\n"
+  status, reply = raw_request(url, POST_HEAD +
                               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
   assert status == 411 and "chunked" in reply["error"]
-  status, reply = raw_request(url, b"POST /api/generate HTTP/1.1\r\nHost: x\r\n"
+  status, reply = raw_request(url, POST_HEAD +
                               b"Content-Length: 99999999999\r\n\r\n")
   assert status == 413
   status, reply = raw_request(url, b"GET /api/health HTTP/1.1\r\n"
@@ -456,7 +462,7 @@ def test_demo_page_in_chromium(url, tmp_path):
       page.fill("#alpha", "0.5")
       page.click("#generate")
       page.wait_for_selector("#error:not([hidden])", timeout=15000)
-      assert "alpha 0.5 would compile a new program" in page.inner_text("#error")
+      assert "alpha 0.5 is not one of this server's compiled alpha values: 0.6" in page.inner_text("#error")
       page.fill("#alpha", "0.6")
       page.click("#generate")
       # (A selector, not wait_for_function: the page's CSP forbids eval.)
@@ -504,3 +510,98 @@ def test_cli_serves_and_stops_on_sigterm(runs, tmp_path):
     if proc.poll() is None:
       proc.kill()
       proc.wait()
+
+
+# ------------------------------------------------------------- safety
+def test_foreign_host_headers_are_refused(url):
+  """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own
+  host name; it gets 403 and no model output."""
+  port = urllib.parse.urlsplit(url).port
+  for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+    status, _, reply = request(url, "GET", "/api/health", headers={"Host": host})
+    assert status == 403 and "is not this server" in reply["error"], (host, reply)
+    status, _, reply = generate_with(url, {"texts": ["a"]}, {"Host": host})
+    assert status == 403
+  for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+    assert request(url, "GET", "/api/health", headers={"Host": host})[0] == 200, host
+
+
+def generate_with(url, payload, headers):
+  return request(url, "POST", "/api/generate", json.dumps(payload).encode(), headers=headers)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", ""])
+def test_cross_origin_simple_requests_cannot_generate(url, content_type):
+  """A page on any origin may POST these content types without a CORS
+  preflight; the API takes application/json only (415)."""
+  headers = {"Content-Type": content_type, "Origin": "https://evil.example"}
+  status, _, reply = generate_with(url, {"texts": ["a"], "methods": ["argmax"]}, headers)
+  assert status == 415 and "Content-Type must be application/json" in reply["error"]
+  status, _, _ = generate_with(url, {"texts": ["a"], "methods": ["argmax"]},
+                               {"Content-Type": "application/json; charset=utf-8"})
+  assert status == 200
+
+
+def test_a_get_with_a_body_is_refused_not_run_as_a_second_request(url):
+  smuggled = (b'POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: '
+              b'application/json\r\nContent-Length: 13\r\n\r\n{"texts":[1]}')
+  parts = urllib.parse.urlsplit(url)
+  with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n"
+                 % len(smuggled) + smuggled)
+    data = b""
+    while True:
+      chunk = sock.recv(65536)
+      if not chunk:
+        break
+      data += chunk
+  assert data.startswith(b"HTTP/1.1 400") and b"GET requests take no body" in data
+  assert data.count(b"HTTP/1.1 ") == 1  # the body never became a request
+
+
+def test_bearer_token_guards_the_api(service):
+  server = serve.make_server(service, "127.0.0.1", 0, token="s3cret")
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    status, headers, reply = request(server.url, "GET", "/api/health")
+    assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+    assert request(server.url, "GET", "/api/health",
+                   headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert request(server.url, "GET", "/api/health",
+                   headers={"Authorization": "Bearer s3cret"})[0] == 200
+    assert request(server.url, "GET", "/")[0] == 200  # the page itself is public
+  finally:
+    stop(server)
+
+
+def test_non_loopback_bind_needs_a_token(runs):
+  with pytest.raises(ValueError, match="--token"):
+    serve.main(["--model_dir", runs["nar"], "--host", "0.0.0.0", *SERVER_ARGS])
+
+
+def test_a_trickled_body_hits_the_total_time_limit(service):
+  server = serve.make_server(service, "127.0.0.1", 0, request_time_limit=1.0)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    parts = urllib.parse.urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+      sock.sendall(POST_HEAD + b"Content-Length: 100\r\n\r\n{")
+      for _ in range(3):
+        time.sleep(0.6)
+        sock.sendall(b" ")
+      data = sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in data
+  finally:
+    stop(server)
+
+
+def test_no_request_compiles(url, service):
+  """Every program a client can reach was compiled at start-up."""
+  before = service.compiled_programs()
+  for alpha in (0.6, 0.61, 0.11, 0.12):
+    generate(url, {"texts": TEXTS, "methods": ["ratio_first", "argmax"], "alpha": alpha})
+  generate(url, {"texts": TEXTS[:1] * 3, "methods": ["viterbi", "ar_greedy"]})
+  assert before is not None and service.compiled_programs() == before
