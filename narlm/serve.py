@@ -528,7 +528,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                  help="NAG-BERT training run (config.gin + checkpoints/)")
   p.add_argument("--ar_model_dir", default=None, help="autoregressive baseline run (optional)")
   p.add_argument("--host", default="127.0.0.1",
-                 help="address to bind (default 127.0.0.1; there is no authentication)")
+                 help="address to bind (default 127.0.0.1; any other address needs --token)")
   p.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
   p.add_argument("--allowed_hosts", default="",
                  help="comma-separated extra host names accepted in the Host header (the "
