@@ -372,11 +372,20 @@ def test_page_and_static_files_are_served_without_external_references(url):
 
 
 # ------------------------------------------------------------------ load
-def test_load_200_requests_8_concurrent(url):
+INVALID = [({"texts": ["a"], "methods": ["ratio_first"], "alpha": 0.61}, 400),  # not compiled
+           ({"texts": []}, 400), ({"texts": ["a"], "methods": ["nope"]}, 400),
+           ({"texts": ["x " * 500]}, 400)]
+
+
+def test_load_200_requests_8_concurrent(url, service):
+  """Valid and invalid requests mixed: 0 server errors, every invalid one a
+  4xx, outputs identical to one-at-a-time, and no compile during the test."""
   methods = ["argmax", "viterbi", "ratio_first", "ar_greedy"]
   texts = TEXTS + ["short one .", "another input to compress , with commas ."]
-  requests = [{"texts": [texts[i % len(texts)], texts[(i + 1) % len(texts)]][: 1 + i % 2],
+  requests = [INVALID[(i // 5) % len(INVALID)][0] if i % 5 == 4 else
+              {"texts": [texts[i % len(texts)], texts[(i + 1) % len(texts)]][: 1 + i % 2],
                "methods": [methods[i % len(methods)]], "alpha": 0.6} for i in range(200)]
+  invalid = {json.dumps(bad, sort_keys=True): status for bad, status in INVALID}
   # The expected outputs, one request at a time.
   expected = {}
   for text in texts:
@@ -389,19 +398,29 @@ def test_load_200_requests_8_concurrent(url):
     status, _, body = generate(url, payload)
     return payload, status, body, time.perf_counter() - t
 
+  compiled_before = service.compiled_programs()
   t0 = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     done = list(pool.map(one, requests))
   wall = time.perf_counter() - t0
+  compiles = service.compiled_programs() - compiled_before
+  refused = [(p, s, b) for p, s, b, _ in done if json.dumps(p, sort_keys=True) in invalid]
+  assert len(refused) == 40
+  for payload, status, body in refused:
+    assert status == invalid[json.dumps(payload, sort_keys=True)] and "error" in body
+  done = [d for d in done if json.dumps(d[0], sort_keys=True) not in invalid]
   errors = [(s, b) for _, s, b, _ in done if s != 200]
   latencies = sorted(d for *_, d in done)
   p50 = statistics.median(latencies) * 1e3
   p99 = latencies[min(len(latencies) - 1, int(round(0.99 * len(latencies))) - 1)] * 1e3
   model_ms = statistics.median(b["results"][0]["latency_ms"] for _, s, b, _ in done if s == 200)
-  print(f"\nload test: {len(done)} requests, 8 concurrent, {wall:.1f} s "
-        f"({len(done) / wall:.1f} req/s); client latency p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
-        f"median model latency {model_ms:.1f} ms; errors {len(errors)}")
+  print(f"\nload test: {len(done) + len(refused)} requests, 8 concurrent, {wall:.1f} s "
+        f"({(len(done) + len(refused)) / wall:.1f} req/s); valid requests: client latency "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
+        f"median model latency {model_ms:.1f} ms; errors {len(errors)}; "
+        f"{len(refused)} invalid requests refused with 4xx; compiles {compiles}")
   assert not errors, errors[:3]
+  assert compiles == 0
   # No cross-talk between concurrent requests.
   for payload, _, body, _ in done:
     result = body["results"][0]
