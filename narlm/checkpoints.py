@@ -343,8 +343,64 @@ def _read_arrays(root: epath.Path, step: int, item: str) -> dict[str, Any]:
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
                                  path=step_path(root, step)) from e
+  if item == DEFAULT_ITEM:
+    raise_on_checksum_mismatch(root, step, restored)
   return {jax.tree_util.keystr(p): v
           for p, v in jax.tree_util.tree_leaves_with_path(restored) if v is not None}
+
+
+def read_params(root, step: int, item: str = DEFAULT_ITEM) -> Any:
+  """The `params` subtree of checkpoint `step` as host numpy arrays, read
+  alone (orbax partial restore: the optimizer state is neither read nor
+  needed, so damage there does not matter), validated (structure first,
+  then the checksums written at save time). CorruptCheckpointError if not."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  root = _root(root)
+  _raise_if_damaged(root, step)
+  path = step_path(root, step) / item
+  try:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      tree = checkpointer.metadata(path).item_metadata.tree
+      if "params" not in tree:
+        raise ValueError(f"no 'params' in the checkpoint's tree (top level: {sorted(tree)})")
+      params = tree["params"]
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item={"params": jax.tree_util.tree_map(lambda _: np.zeros(()), params)},
+          restore_args={"params": jax.tree_util.tree_map(
+              lambda _: ocp.RestoreArgs(restore_type=np.ndarray), params)},
+          partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpointError(corrupt_message(root, step, [], cause=e), step=step,
+                                 path=step_path(root, step)) from e
+  raise_on_checksum_mismatch(root, step, restored)
+  return restored["params"]
+
+
+def latest_readable_params(root) -> tuple[int, Any]:
+  """(step, params) of the newest committed step whose params read and verify;
+  each damaged newer step is logged as a warning naming it. For tools that
+  only need the parameters (serving, evaluation)."""
+  root = _root(root)
+  warn_uncommitted(root)
+  steps = committed_steps(root)
+  if not steps:
+    raise FileNotFoundError(f"no complete checkpoint under {root}")
+  errors = []
+  for step in reversed(steps):
+    try:
+      params = read_params(root, step)
+    except CorruptCheckpointError as e:
+      logging.warning("skipping damaged checkpoint step %d: %s", step, e)
+      errors.append(str(e))
+      continue
+    if errors:
+      logging.warning("using checkpoint step %d, the newest one whose parameters are intact "
+                      "(newer steps are damaged, see above)", step)
+    return step, params
+  raise CorruptCheckpointError(f"every checkpoint under {root} is damaged:\n" + "\n".join(errors),
+                               step=steps[-1], path=step_path(root, steps[-1]))
 
 
 def verify_step(root, step: int, *, read_data: bool = True) -> None:

@@ -50,30 +50,43 @@ def best_checkpoint_step(model_dir: str) -> Optional[int]:
 
 
 def restore_params(model_dir: str, step: Optional[int] = None,
-                   prefer_best: bool = True) -> PyTree:
-  """Loads the parameters of a narlm checkpoint, on host: the best-validation
-  checkpoint when the run kept one (see `train(best_metric=...)`) and
-  `prefer_best`, else the latest; or the given `step`."""
+                   prefer_best: bool = True, fallback: bool = False) -> PyTree:
+  """Loads the parameters of a narlm run, on host, and only them (the
+  optimizer state is not read): the best-validation checkpoint when the run
+  kept one (see `train(best_metric=...)`) and `prefer_best`, else the latest;
+  or the given `step`. Every read is validated (structure, then checksums).
+
+  fallback: if the chosen checkpoint is damaged, log a warning naming it and
+  use the newest intact one instead (serving); otherwise raise
+  CorruptCheckpointError (the default: nothing is skipped silently).
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from narlm import checkpoints  # pylint: disable=g-import-not-at-top
   if step is None and prefer_best:
     best = best_checkpoint_step(model_dir)
     if best is not None:
       logging.info("loading the best-validation checkpoint of %s (step %d)", model_dir, best)
-      with ocp.CheckpointManager(_best_checkpoint_dir(model_dir)) as manager:
-        restored = _read(manager, best)
-      checkpoints.raise_on_checksum_mismatch(_best_checkpoint_dir(model_dir), best, restored)
-      return restored["params"]
+      try:
+        with ocp.CheckpointManager(_best_checkpoint_dir(model_dir)) as manager:
+          restored = _read(manager, best)
+        checkpoints.raise_on_checksum_mismatch(_best_checkpoint_dir(model_dir), best, restored)
+        return restored["params"]
+      except checkpoints.CorruptCheckpointError as e:
+        if not fallback:
+          raise
+        logging.warning("the best-validation checkpoint is damaged, using the newest intact "
+                        "training checkpoint instead: %s", e)
   path = _checkpoint_dir(model_dir)
   if not path.is_dir():
     raise FileNotFoundError(f"no checkpoints under {path}")
-  with ocp.CheckpointManager(path) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no complete checkpoint under {path}")
-    restored = _read(manager, step)
-  checkpoints.raise_on_checksum_mismatch(path, step, restored)
-  return restored["params"]
+  if step is not None:
+    return checkpoints.read_params(path, step)
+  if fallback:
+    return checkpoints.latest_readable_params(path)[1]
+  steps = checkpoints.committed_steps(path)
+  if not steps:
+    raise FileNotFoundError(f"no complete checkpoint under {path}")
+  return checkpoints.read_params(path, steps[-1])
 
 
 def _read(manager, step: int) -> PyTree:

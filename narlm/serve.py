@@ -143,7 +143,9 @@ def load_model(model_dir: str, step: Optional[int] = None) -> LoadedModel:
       pass
   finally:
     gin.clear_config()
-  params = train_lib.restore_params(model_dir, step)
+  # Parameters only, validated; a damaged newest step falls back to the newest
+  # intact one (logged as a warning naming it).
+  params = train_lib.restore_params(model_dir, step, fallback=step is None)
   # Once on the device, not on every call.
   params = jax.device_put(params)
   return LoadedModel(model=model, params=params, model_dir=model_dir, input_length=input_length)
@@ -632,12 +634,15 @@ def console_main() -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   # orbax logs every restore step at INFO through absl.
   logging.getLogger("absl").setLevel(logging.WARNING)
+  # The entry points' error contract (narlm.cli_errors): a user error (bad
+  # flag, missing or damaged run, port in use) is one message and exit 2.
+  from narlm import checkpoints  # pylint: disable=g-import-not-at-top
   try:
     main(sys.argv[1:])
-  except (ValueError, FileNotFoundError, OSError) as e:
+  except (ValueError, FileNotFoundError, OSError, checkpoints.CheckpointError) as e:
     logger.error("%s", e)
     logger.debug("traceback", exc_info=True)
-    sys.exit(1)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

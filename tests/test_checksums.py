@@ -84,4 +84,29 @@ def test_garbage_in_a_data_file_is_caught_at_restore(run_dir, tmp_path):
     f.seek(size // 2)
     f.write(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
   with pytest.raises(checkpoints.CorruptCheckpointError, match="checkpoint step 2 .* is damaged"):
-    train.restore_params(str(model_dir), prefer_best=False)
+    checkpoints.verify_step(model_dir / "checkpoints", 2, read_data=True)  # every array
+
+
+def test_serving_falls_back_to_the_newest_intact_parameters(run_dir, tmp_path, caplog):
+  import logging
+  import shutil
+  model_dir = tmp_path / "model"
+  shutil.copytree(run_dir, model_dir)
+  step1 = train.restore_params(str(model_dir), step=1)
+  sums_file = model_dir / "checkpoints.checksums" / "2.json"
+  sums = json.loads(sums_file.read_text())
+  sums["params/crf/E2"] = (sums["params/crf/E2"] + 1) % 2**32  # step 2's params damaged
+  sums_file.write_text(json.dumps(sums))
+  with pytest.raises(checkpoints.CorruptCheckpointError, match="params/crf/E2"):
+    train.restore_params(str(model_dir), prefer_best=False)  # the default never skips
+  with caplog.at_level(logging.WARNING):
+    params = train.restore_params(str(model_dir), prefer_best=False, fallback=True)
+  assert "skipping damaged checkpoint step 2" in caplog.text
+  assert "using checkpoint step 1" in caplog.text
+  np.testing.assert_array_equal(params["crf"]["E2"], step1["crf"]["E2"])
+  # Damage in the optimizer state does not stop serving: only params are read.
+  sums["params/crf/E2"] = (sums["params/crf/E2"] - 1) % 2**32
+  opt_leaf = next(k for k in sums if k.startswith("opt_state/"))
+  sums[opt_leaf] = (sums[opt_leaf] + 1) % 2**32
+  sums_file.write_text(json.dumps(sums))
+  train.restore_params(str(model_dir), prefer_best=False)

@@ -504,7 +504,7 @@ def test_cli_serves_and_stops_on_sigterm(runs, tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
   bad = subprocess.run([sys.executable, "-m", "narlm.serve", "--model_dir", "/nonexistent"],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
-  assert bad.returncode == 1 and "config.gin not found" in bad.stderr, bad.stderr[-2000:]
+  assert bad.returncode == 2 and "config.gin not found" in bad.stderr, bad.stderr[-2000:]
   log = tmp_path / "serve.log"
   with open(log, "w") as stderr:
     proc = subprocess.Popen(
