@@ -540,7 +540,8 @@ print("RESULTS " + json.dumps(results))
 
 # Macros an experiment gin defines, for runs/train.gin alone (fast: no model imports).
 MIN_MACROS = ["--gin.MODEL=None", "--gin.TRAIN_STEPS=1", "--gin.BATCH_SIZE=8",
-              '--gin.MIXTURE_OR_TASK_NAME="x"', "--gin.TASK_FEATURE_LENGTHS={}"]
+              '--gin.MIXTURE_OR_TASK_NAME="x"',
+              "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 8}"]
 
 
 def narlm_main(argvs):
