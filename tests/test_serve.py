@@ -132,8 +132,8 @@ def generate(url, payload):
   return request(url, "POST", "/api/generate", payload)
 
 
-def raw_request(url, data: bytes) -> tuple[int, dict]:
-  """Sends raw bytes (for requests http.client will not build); status, JSON."""
+def raw_exchange(url, data: bytes) -> bytes:
+  """Sends raw bytes; everything the server sends back until it closes."""
   parts = urllib.parse.urlsplit(url)
   with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
     sock.sendall(data)
@@ -143,6 +143,12 @@ def raw_request(url, data: bytes) -> tuple[int, dict]:
       if not chunk:
         break
       received += chunk
+  return received
+
+
+def raw_request(url, data: bytes) -> tuple[int, dict]:
+  """Sends raw bytes (for requests http.client will not build); status, JSON."""
+  received = raw_exchange(url, data)
   head, _, body = received.partition(b"\r\n\r\n")
   status = int(head.split(b" ", 2)[1])
   return status, json.loads(body)
@@ -565,16 +571,8 @@ def test_cross_origin_simple_requests_cannot_generate(url, content_type):
 def test_a_get_with_a_body_is_refused_not_run_as_a_second_request(url):
   smuggled = (b'POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: '
               b'application/json\r\nContent-Length: 13\r\n\r\n{"texts":[1]}')
-  parts = urllib.parse.urlsplit(url)
-  with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
-    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n"
-                 % len(smuggled) + smuggled)
-    data = b""
-    while True:
-      chunk = sock.recv(65536)
-      if not chunk:
-        break
-      data += chunk
+  data = raw_exchange(url, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
   assert data.startswith(b"HTTP/1.1 400") and b"GET requests take no body" in data
   assert data.count(b"HTTP/1.1 ") == 1  # the body never became a request
 
