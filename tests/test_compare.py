@@ -377,7 +377,16 @@ def test_cpu_budget_stops_training_and_compare_reads_the_runs(tmp_path):
     p.name for p in (REPO / "narlm" / "gin" / "compare").glob("*_minilm_*.gin")
     # These two are trained by the end-to-end test above.
     if p.name not in ("sentcomp_minilm_crf.gin", "sentcomp_minilm_ar.gin")))
-def test_every_other_compare_gin_runs_one_step(tmp_path, gin_file):
+def test_every_other_compare_gin_runs_one_step(tmp_path, gin_file, data_dir, monkeypatch):
+  if "_distilled" in gin_file:  # reads $NARLM_DISTILLED_DIR/sentcomp: a small stand-in
+    root = tmp_path / "distilled" / "sentcomp"
+    root.mkdir(parents=True)
+    for name in ("train", "dev", "test"):
+      for ext in ("src", "tgt"):
+        lines = (data_dir / "sentcomp" / f"{name}.{ext}").read_text(encoding="utf-8")
+        (root / f"{name}.{ext}").write_text("".join(lines.splitlines(True)[:64]),
+                                            encoding="utf-8")
+    monkeypatch.setenv("NARLM_DISTILLED_DIR", str(tmp_path / "distilled"))
   metrics = run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *SMALL,
                            gin_file=f"narlm/gin/compare/{gin_file}")
   assert np.isfinite(metrics["train/loss"])
