@@ -230,24 +230,18 @@ def describe_error(error: BaseException) -> str:
   return "\n      caused by ".join(_short(e) for e in _error_chain(error))
 
 
-def _key_name(key) -> str:
-  for attr in ("key", "idx", "name"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
 def _leaf_specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
   """{'params/crf/E1': (shape, dtype)} for every array leaf. Keys are
   normalised to names / indices, so a namedtuple field in the model's optax
   state and the dict key orbax wrote for it compare equal."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from narlm import checksums  # pylint: disable=g-import-not-at-top
   out = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     if leaf is None or not hasattr(leaf, "shape"):
       continue
-    out["/".join(_key_name(k) for k in path)] = (tuple(int(d) for d in leaf.shape),
+    out[checksums.leaf_name(path)] = (tuple(int(d) for d in leaf.shape),
                                                  str(np.dtype(leaf.dtype)))
   return out
 
