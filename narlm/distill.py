@@ -33,7 +33,8 @@ Output, `--out DIR` (the layout `{train,dev,test}.{src,tgt}` of
 * every other split (validation = dev, test) is the original task's gold data:
   a byte-identical copy of its files when the split is a whole file pair, else
   its examples' `*_pretokenized` strings. Never distil what you evaluate on.
-* `distill.json`: run dir, kind, method, alpha, checkpoint step, task, per-split
+* `distill.json`: run dir, kind, method, alpha, checkpoint step (the run's
+  best-validation checkpoint when it kept one, else its newest), task, per-split
   counts, wall time and the command.
 
 DIR is built in a hidden sibling temp directory and renamed into place at the
@@ -72,6 +73,17 @@ def _one_line(text: str) -> str:
 
 def _text(value: Any) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def teacher_step(model_dir: str) -> int:
+  """The checkpoint step a teacher decodes with: the run's best-validation
+  checkpoint when it kept one (what `restore_params` loads by default), else
+  its newest complete checkpoint (FileNotFoundError if it has none)."""
+  from narlm import run_dirs  # pylint: disable=g-import-not-at-top
+  best = run_dirs.best_checkpoint_step(model_dir)
+  if best is not None:
+    return int(best)
+  return latest_step(model_dir)
 
 
 def latest_step(model_dir: str) -> int:
@@ -182,8 +194,10 @@ def distill(model_dir: str, method: str, task_name: str, out: str, *,
     if split not in layout:
       raise ValueError(f"--splits: task {task_name} has no split {split!r}; "
                        f"splits: {list(layout)}")
-  step = latest_step(model_dir)
-  loaded = serve.load_model(model_dir, step)
+  # The teacher is the run at its validation optimum, not its last step (an
+  # early-stopped run's last checkpoint is past the optimum).
+  step = teacher_step(model_dir)
+  loaded = serve.load_model(model_dir)
   max_length = loaded.input_length or compare.LENGTH_BUCKETS[-1]
   decoder = compare.Decoder(loaded, method, max_length)  # checks method vs. model
   if method == "ratio_first" and alpha is None and getattr(

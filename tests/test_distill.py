@@ -160,6 +160,26 @@ def test_distils_train_copies_gold_and_the_task_reads_it(runs, tmp_path, data_di
   assert os.listdir(root) == ["sentcomp"]
 
 
+def test_the_teacher_is_the_best_validation_checkpoint(runs, tmp_path):
+  """An early-stopped run's newest checkpoint is past its optimum: distill
+  decodes with best_checkpoint/<step> (here step 2, random weights: every
+  output the same sentence), not the newest (step 3, input-dependent)."""
+  import shutil
+  import orbax.checkpoint as ocp
+  from narlm import train
+  run = tmp_path / "run"
+  shutil.copytree(runs["nar"], run)
+  params = train.restore_params(str(run), step=2)
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(run / "best_checkpoint", options=options) as manager:
+    manager.save(2, args=ocp.args.StandardSave({"step": np.int32(2), "params": params}))
+  record = distill.main(args(run, tmp_path / "out", "argmax", "--limit", "4"))
+  assert record["step"] == 2
+  tgt = lines(tmp_path / "out" / "train.tgt")
+  assert len(set(tgt)) == 1  # the step-2 (random) teacher, not step 3's copies
+  assert tgt == _decoded_one_at_a_time(str(run), "argmax", record["max_length"], 4)
+
+
 def test_a_held_out_line_range_is_written_from_the_task(runs, tmp_path, data_dir):
   """IWSLT's validation split is the last 500 lines of its valid files: not a
   whole file to copy, so its examples' strings are written; test is copied."""
