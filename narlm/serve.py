@@ -97,7 +97,22 @@ def _read_text(path: str) -> str:
 
 
 def load_model(model_dir: str, step: Optional[int] = None) -> LoadedModel:
-  """Builds `MODEL` from `model_dir/config.gin` and restores its parameters.
+  """Builds `MODEL` from `model_dir/config.gin` and restores its parameters
+  (see `build_model`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from narlm import train as train_lib  # pylint: disable=g-import-not-at-top
+  model, input_length = build_model(model_dir)
+  # Parameters only, validated; a damaged newest step falls back to the newest
+  # intact one (logged as a warning naming it).
+  params = train_lib.restore_params(model_dir, step, fallback=step is None)
+  # Once on the device, not on every call.
+  params = jax.device_put(params)
+  return LoadedModel(model=model, params=params, model_dir=model_dir, input_length=input_length)
+
+
+def build_model(model_dir: str) -> tuple[Any, Optional[int]]:
+  """(MODEL built from `model_dir/config.gin`, its TASK_FEATURE_LENGTHS
+  ['inputs'] or None); no parameters are read.
 
   The global gin config is cleared before and after (gin is global state;
   the model object keeps what it needs).
@@ -107,8 +122,6 @@ def load_model(model_dir: str, step: Optional[int] = None) -> LoadedModel:
     ValueError: config.gin does not parse or defines no MODEL.
   """
   import gin  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from narlm import train as train_lib  # pylint: disable=g-import-not-at-top
 
   config_path = os.path.join(model_dir, "config.gin")
   try:
@@ -143,12 +156,7 @@ def load_model(model_dir: str, step: Optional[int] = None) -> LoadedModel:
       pass
   finally:
     gin.clear_config()
-  # Parameters only, validated; a damaged newest step falls back to the newest
-  # intact one (logged as a warning naming it).
-  params = train_lib.restore_params(model_dir, step, fallback=step is None)
-  # Once on the device, not on every call.
-  params = jax.device_put(params)
-  return LoadedModel(model=model, params=params, model_dir=model_dir, input_length=input_length)
+  return model, input_length
 
 
 def _nar_has_crf(loaded: LoadedModel) -> bool:

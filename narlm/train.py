@@ -39,6 +39,7 @@ import numpy as np
 from narlm import checksums
 from narlm import console
 from narlm import partitioning
+from narlm import t5x_checkpoints
 # Re-exported: narlm.train is the trainer's public face (gin binds
 # train_lib.*, tools import these from here).
 from narlm.run_dirs import (_append_jsonl, _best_checkpoint_dir, _checkpoint_dir,  # noqa: F401
@@ -445,6 +446,8 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   if config_text is not None:  # before the first step: a killed run can be served
     write_config(model_dir, config_text)
   latest = manager.latest_step()
+  # t5x's checkpoints count only where narlm's trainer has none of its own.
+  t5x_steps = t5x_checkpoints.steps(model_dir) if latest is None else []
   writer = metric_writers.create_default_writer(model_dir, just_logging=process > 0)
   if latest is not None:
     from narlm import checkpoints  # pylint: disable=g-import-not-at-top
@@ -454,16 +457,25 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     # the step first: a damaged checkpoint is a CheckpointError naming the
     # step and path, never a deep orbax/tensorstore traceback.
     state = checkpoints.restore(manager, latest, trainer.abstract_state(batch_shape))
+  elif t5x_steps:
+    # A MODEL_DIR written by t5x's trainer (same experiment gin): continue it
+    # with its parameters, optimizer state and step.
+    t5x_step = t5x_steps[-1]
+    t5x_dir = os.path.join(model_dir, f"checkpoint_{t5x_step}")
+    console.say("resuming from t5x's %s", t5x_dir)
+    state = t5x_checkpoints.restore(t5x_dir, trainer.abstract_state(batch_shape))
   else:
     state = trainer.init_state(batch_shape)
-  if latest is None and init_checkpoint:
+  # A fresh run (no checkpoint of either trainer) warm-starts.
+  fresh = latest is None and not t5x_steps
+  if fresh and init_checkpoint:
     params = jax.device_get(state["params"])
     params = model.warm_start_from_hf_bert(params, init_checkpoint)
     state = trainer.put_params(state, params)
   start_step = int(jax.device_get(state["step"]))
   if process == 0:
     _print_header(model, state["params"], train_dataset_cfg, train_steps, start_step,
-                  init_checkpoint if latest is None else None, log_path)
+                  init_checkpoint if fresh else None, log_path)
   last_saved = latest
 
   def save(step: int, force: bool = False):
@@ -625,8 +637,14 @@ def _print_header(model, params, data_cfg: DatasetConfig, train_steps: int, star
 # --------------------------------------------------------------------- main
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
               search_paths: Sequence[str] = ()) -> None:
-  """Parses gin with clear errors for missing files and bad syntax."""
+  """Parses gin with clear errors for missing files and bad syntax.
+
+  Experiment files are shared with t5x's trainer: their includes of t5x's
+  run gins resolve to narlm's (narlm/gin_includes.py), and a t5x-only binding
+  or a macro under its old narlm name is refused with a message naming it.
+  """
   import gin  # pylint: disable=g-import-not-at-top
+  from narlm import gin_includes  # pylint: disable=g-import-not-at-top
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for path in [here, os.getcwd(), *search_paths]:
     gin.add_config_file_search_path(path)
@@ -635,11 +653,15 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
     if not any(os.path.exists(c) for c in candidates):
       raise FileNotFoundError(f"gin file not found: {f}")
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(gin_bindings))
-  except (SyntaxError, ValueError, KeyError, ImportError, TypeError, tokenize.TokenError) as e:
+    gin_includes.parse_files(list(gin_files), list(gin_bindings), [here, *search_paths])
+  except (SyntaxError, ValueError, KeyError, ImportError, TypeError, IOError,
+          tokenize.TokenError) as e:
     # tokenize.TokenError: e.g. an unclosed '(' (gin's parser does not wrap it).
+    t5x_only = gin_includes.explain_unknown_binding(e)
+    reason = f"{t5x_only}\n{e}" if t5x_only else str(e)
     raise ValueError(f"could not parse gin config {list(gin_files)} + {list(gin_bindings)}: "
-                     f"{e}") from e
+                     f"{reason}") from e
+  gin_includes.check_renamed_macros(gin_bindings)
   check_macro_bindings_are_used(gin_files, gin_bindings, gin.config_str())
 
 

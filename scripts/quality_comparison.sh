@@ -26,7 +26,7 @@ train() {  # system
   local sys=$1 dir="$OUT/sentcomp_${1}_s${SEED}"
   if [[ -f "$dir/train.done" ]]; then return 0; fi
   "$PYTHON" -m narlm.train --gin_file="narlm/gin/compare/sentcomp_minilm_${sys}.gin" \
-    --gin.MODEL_DIR="\"$dir\"" --gin.MAX_TRAIN_CPU_SECONDS="$BUDGET" --gin.SEED="$SEED" \
+    --gin.MODEL_DIR="\"$dir\"" --gin.MAX_TRAIN_CPU_SECONDS="$BUDGET" --gin.RANDOM_SEED="$SEED" \
     > "$dir.log" 2>&1
   touch "$dir/train.done"
 }

@@ -298,7 +298,7 @@ def test_frame_input_frames_and_truncates(with_max_length):
 
 SMALL = ["--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}", "--gin.BATCH_SIZE=4",
          "--gin.LOG_PERIOD=1", "--gin.CHECKPOINT_ASYNC=False", "--gin.WARMUP_STEPS=0",
-         "--gin.EVAL_STEPS=1", "--gin.INFER_EVAL_EXAMPLES=8"]
+         "--gin.EVAL_STEPS=1", "--gin.EVALUATOR_NUM_EXAMPLES=8"]
 
 
 # Trains two MiniLM runs (~3 min on 2 cores): CI's slow pass, keeping the

@@ -154,7 +154,6 @@ def test_missing_required_argument(sandbox, script, args, missing):
     (TPU / "create.sh", [*TPU_FLAGS, "--accelerator-type", "v4-8", "--spot", "--preemptible"],
      "exclusive"),
     (TPU / "train.sh", [*TPU_FLAGS, *PRETRAIN, "--bogus"], "unknown argument '--bogus'"),
-    (TPU / "train.sh", [*TPU_FLAGS, *PRETRAIN, "--trainer=t5x"], "narlm's own trainer"),
     (TPU / "train.sh", [*TPU_FLAGS, *PRETRAIN, "--env", "not-a-pair"], "KEY=VALUE"),
     (TPU / "train.sh", [*TPU_FLAGS, *PRETRAIN], "DRY_RUN must be 1 or 0"),
     (TPU / "setup.sh", [*TPU_FLAGS, "--git-url=u", "--pip-spec=s"], "exclusive"),
@@ -214,14 +213,18 @@ def test_dry_run_train_options(sandbox):
 
 
 def test_dry_run_train_t5x(sandbox, tmp_path):
-  gin = tmp_path / "t5x_experiment.gin"
-  gin.write_text("include 't5x/configs/runs/pretrain.gin'\n")
-  result = sandbox.run(TPU / "train.sh", *TPU_FLAGS, f"--gin_file={gin}",
-                       "--model-dir=gs://b/t5x", "--trainer=t5x", "--dry-run")
+  """The shipped experiment file, unchanged, under t5x's train.py."""
+  result = sandbox.run(TPU / "train.sh", *TPU_FLAGS, *PRETRAIN, "--trainer=t5x", "--dry-run")
   assert result.returncode == 0, result.stderr
   assert '"$HOME"/t5x/t5x/train.py --alsologtostderr' in result.stdout
-  assert f"--gin_file={gin}" in result.stdout
+  assert "--gin_file=narlm/gin/pretrain_base.gin" in result.stdout
   assert "narlm.train" not in result.stdout
+  # A file that includes narlm's own trainer gin directly cannot run under t5x.
+  own = tmp_path / "narlm_only.gin"
+  own.write_text("include 'narlm/gin/runs/train.gin'\n")
+  refused = sandbox.run(TPU / "train.sh", *TPU_FLAGS, f"--gin_file={own}",
+                        "--model-dir=gs://b/t5x", "--trainer=t5x", "--dry-run")
+  assert refused.returncode != 0 and "narlm/gin/runs/train.gin" in refused.stderr
 
 
 @pytest.mark.parametrize("accelerator,version,extra,expected", [
@@ -374,6 +377,32 @@ def test_dry_run_sbatch(sandbox, tasks_per, ntasks, ids):
   else:
     assert "local_device_ids" not in srun
   assert sandbox.calls() == []
+
+
+def test_dry_run_sbatch_with_t5x(sandbox):
+  """Same experiment gin, t5x's train.py: its own multi-process GPU flag, no
+  narlm distributed bindings; per-node processes and a missing checkout refused."""
+  env = dict(SLURM_ENV, DRY_RUN="1")
+  result = sandbox.run(SLURM / "train.sbatch", "--trainer=t5x", "--t5x-dir=/opt/t5x/", *FINETUNE,
+                       extra_env=env)
+  assert result.returncode == 0, result.stderr
+  srun = [l for l in result.stdout.splitlines() if l.startswith("srun ")][0]
+  assert ("--label python3 /opt/t5x/t5x/train.py "
+          "--gin_file=narlm/gin/finetune_gigaword_base.gin") in srun
+  assert srun.endswith("--multiprocess_gpu --alsologtostderr")
+  assert "narlm.train" not in srun and "DistributedConfig" not in srun
+  refused = sandbox.run(SLURM / "train.sbatch", "--trainer=t5x", "--t5x-dir=/opt/t5x",
+                        "--tasks-per=node", *FINETUNE, extra_env=env)
+  assert refused.returncode != 0 and "one process per GPU" in refused.stderr
+  no_dir = sandbox.run(SLURM / "train.sbatch", "--trainer=t5x", *FINETUNE, extra_env=env)
+  assert no_dir.returncode != 0 and "--t5x-dir" in no_dir.stderr
+  bad = sandbox.run(SLURM / "train.sbatch", "--trainer=jax", *FINETUNE, extra_env=env)
+  assert bad.returncode != 0 and "--trainer must be narlm or t5x" in bad.stderr
+  # submit.sh forwards the choice to the job.
+  sub = sandbox.run(SLURM / "submit.sh", "--gpus-per-node=8", "--trainer=t5x",
+                    "--t5x-dir=/opt/t5x", *FINETUNE, extra_env={"DRY_RUN": "1"})
+  assert sub.returncode == 0, sub.stderr
+  assert "--trainer=t5x" in sub.stdout and "--t5x-dir=/opt/t5x" in sub.stdout
 
 
 # ------------------------------------------------------ real runs (stubs)

@@ -14,7 +14,7 @@ FAST = [
     "--gin.BATCH_SIZE=8",
     "--gin.LOG_PERIOD=1",
     "--gin.EVAL_STEPS=1",
-    "--gin.INFER_EVAL_EXAMPLES=0",
+    "--gin.EVALUATOR_NUM_EXAMPLES=0",
     "--gin.CHECKPOINT_ASYNC=False",
 ]
 

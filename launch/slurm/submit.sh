@@ -32,6 +32,8 @@ Allocation:
   --sbatch-arg=ARG      extra sbatch option (repeatable), e.g. --sbatch-arg=--exclusive
 
 Trainer (forwarded to train.sbatch):
+  --trainer narlm|t5x   python -m narlm.train (default) or t5x's train.py, same experiment gin
+  --t5x-dir DIR         t5x checkout on the nodes (--trainer=t5x; default: \$T5X_DIR)
   --gin_file=GIN        experiment gin (repeatable)                              (required)
   --model-dir=DIR       MODEL_DIR on a filesystem all nodes share                (required)
                         (--gin.MODEL_DIR=\\"DIR\\" is accepted too; relative paths are
@@ -83,7 +85,7 @@ while [[ $# -gt 0 ]]; do
     --chain|--chain=*) take_value "$@"; CHAIN=$VALUE ;;
     --sbatch-arg=*) SBATCH_ARGS+=("${1#*=}"); SHIFT=1 ;;
     --sbatch-arg) die "write --sbatch-arg as one word: --sbatch-arg=--exclusive" ;;
-    --python|--python=*|--coordinator-port|--coordinator-port=*)
+    --python|--python=*|--coordinator-port|--coordinator-port=*|--trainer|--trainer=*|--t5x-dir|--t5x-dir=*)
       take_value "$@"; FORWARD+=("${1%%=*}=$VALUE") ;;
     --) shift; TRAINER_EXTRA=("$@"); break ;;
     *) take_trainer_arg "$@" || die "unknown argument '$1'" ;;

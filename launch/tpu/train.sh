@@ -27,7 +27,7 @@ Trainer:
   --env KEY=VALUE       environment for the trainer (repeatable), e.g.
                         --env TFDS_DATA_DIR=gs://bucket/tfds --env NARLM_BOOKCORPUS_DIR=...
   --trainer narlm|t5x   narlm: python -m narlm.train (default)
-                        t5x:   python <t5x-dir>/t5x/train.py (needs a t5x gin; setup.sh --with-t5x)
+                        t5x:   python <t5x-dir>/t5x/train.py (same experiment gin; setup.sh --with-t5x)
   --no-distributed      narlm trainer: do not bind train.distributed (by default
                         jax.distributed.initialize() runs, auto-detecting the TPU slice)
   -- ARGS...            appended to the trainer command line verbatim
@@ -85,8 +85,9 @@ case $TRAINER in
     for f in "${GIN_FILES[@]}"; do
       local_gin=$(find_local_gin "$f")
       if [[ -n $local_gin ]] && grep -Eq 'runs/train\.gin|train_lib\.train' "$local_gin"; then
-        die "$f configures narlm's own trainer (narlm.train.train); t5x/train.py needs a t5x" \
-            "gin that binds t5x's train() (narlm/gin/t5x/...). Use --trainer=narlm, or a t5x gin."
+        die "$f includes narlm's own trainer gin (narlm/gin/runs/train.gin) directly; for both" \
+            "trainers an experiment includes narlm/gin/runs/pretrain.gin or finetune.gin" \
+            "(e.g. narlm/gin/pretrain_base.gin). Use --trainer=narlm for this file."
       fi
     done
     # t5x handles multi-host TPU itself; its gin_search_paths default '.' is
