@@ -349,3 +349,86 @@ def test_unclosed_parenthesis_in_a_gin_file_is_a_parse_error(tmp_path):
   bad.write_text("include 'narlm/gin/tiny_cpu.gin'\nTRAIN_STEPS = (3\n")
   with pytest.raises(ValueError, match="could not parse gin config.*EOF in multi-line"):
     run_in_process(tmp_path / "run", gin_file=str(bad))
+
+
+# ------------------------------------------- issue #13 probes without a test
+def test_a_task_with_another_vocabulary_is_refused_before_step_1(tmp_path):
+  """Issue #13 probe 2a: a T5-vocabulary task (sentcomp_t5, 32,100 ids) with
+  a BERT-vocabulary model (30,522 ids) must fail before step 1 naming the
+  vocabulary mismatch (narlm.compare checks this; the trainer should too)."""
+  with pytest.raises(ValueError, match=r"(?is)vocabular.*sentcomp_t5|sentcomp_t5.*vocabular"):
+    run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *FAST, "--gin.EVAL_PERIOD=0",
+                   "--gin.MIXTURE_OR_TASK_NAME='sentcomp_t5'")
+  assert not (tmp_path / "run" / "checkpoints" / "1").exists()
+  assert not (tmp_path / "run" / "train_metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("src, tgt", [(b"", b""), (b"\n  \n\t\n", b"a\nb\nc\n")],
+                         ids=["empty_files", "blank_source_lines"])
+def test_an_empty_task_is_a_clear_error_not_stop_iteration(tmp_path, src, tgt):
+  """Issue #13 probe 3a: a task whose files are empty (or whose every source
+  line is blank) must be a ValueError naming the task, not a bare
+  StopIteration from the input pipeline."""
+  import seqio
+  from narlm.tasks import finetuning, sources
+  name = f"narlm_test_empty_task_{tmp_path.name}"
+  for split in ("train", "validation"):
+    (tmp_path / f"{split}.src").write_bytes(src)
+    (tmp_path / f"{split}.tgt").write_bytes(tgt)
+  seqio.TaskRegistry.add(
+      name, source=sources.PairedTextFileSource(
+          {"train": ("train.src", "train.tgt"), "validation": ("validation.src",
+                                                               "validation.tgt")},
+          base_dir=str(tmp_path)),
+      output_features=finetuning.BERT_FEATURES, preprocessors=finetuning.TEXT_PAIR_PREPROCESSORS,
+      postprocess_fn=finetuning.prep.postprocess_for(finetuning.BERT))
+  try:
+    with pytest.raises(ValueError, match=rf"(?s){name}.*(no (training )?examples|empty)"):
+      run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *FAST, "--gin.EVAL_PERIOD=0",
+                     f"--gin.MIXTURE_OR_TASK_NAME='{name}'")
+  finally:
+    seqio.TaskRegistry.remove(name)
+
+
+def test_a_read_only_model_dir_is_a_clear_error(tmp_path):
+  """Issue #13 probe 3d: a MODEL_DIR that cannot be written is a user error:
+  exit status 2 and a short message naming the directory, no traceback."""
+  import os
+  import shutil
+  import subprocess
+  import sys
+  prefix = []
+  if os.geteuid() == 0:  # root ignores permission bits unless it drops CAP_DAC_OVERRIDE
+    if not shutil.which("setpriv"):
+      pytest.skip("running as root without setpriv: cannot make a directory read-only")
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  locked.chmod(0o555)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+  try:
+    for model_dir in (locked, locked / "run"):  # existing and to be created
+      proc = subprocess.run(
+          [*prefix, sys.executable, "-m", "narlm.train", "--gin_file=narlm/gin/tiny_cpu.gin",
+           f'--gin.MODEL_DIR="{model_dir}"', "--gin.TRAIN_STEPS=1", *FAST],
+          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+      assert proc.returncode == 2, proc.stderr[-3000:]
+      assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+      assert str(locked) in proc.stderr, proc.stderr[-3000:]
+  finally:
+    locked.chmod(0o755)
+
+
+def test_nonfinite_loss_under_python_m_is_one_line_no_traceback(tmp_path):
+  """Issue #13 probe 3e: under `python -m narlm.train` train.py is __main__,
+  while the gin-configured train() raises narlm.train.TrainingError: the
+  console must still show the one-line message (exit status 1), no traceback."""
+  proc = run_subprocess(tmp_path / "run", "--gin.TRAIN_STEPS=20", *FAST,
+                        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 16}",
+                        "--gin.BATCH_SIZE=4", "--gin.OPTIMIZER_NAME='sgd'",
+                        "--gin.LEARNING_RATE=1e30", "--gin.CLIP_GRADIENT_NORM=None",
+                        "--gin.WARMUP_STEPS=0", check=False)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert 1 <= len(lines) <= 2 and "non-finite loss" in lines[0], proc.stderr[-3000:]

@@ -34,7 +34,7 @@ and logged (the first 10 times); no files matching a split's patterns raises
 `FileNotFoundError` naming the patterns.
 """
 
-import glob
+import fnmatch
 import os
 import random
 import threading
@@ -141,14 +141,88 @@ def _check_split(split: str, splits: Sequence[str], what: str):
     raise ValueError(f"{what} has no split {split!r}; splits: {list(splits)}")
 
 
+# ------------------------------------------------------------------- files
+# Through tf.io.gfile, so data can live on any filesystem TensorFlow reads
+# (local, gs://, ...), not only where Python's open() reaches.
+class _RawLines:
+  """Lines of a file as bytes, each with its b'\\n', like a binary Python
+  file. GFile's own line iteration drops b'\\r' bytes, which would hide
+  CR-only line endings, so lines are split here from raw blocks."""
+
+  def __init__(self, path: str, block: int = 1 << 20):
+    self._file = tf.io.gfile.GFile(path, "rb")
+    self._block = block
+    self._lines: list[bytes] = []
+    self._rest = b""
+    self._eof = False
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._file.close()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> bytes:
+    line = self.readline()
+    if not line:
+      raise StopIteration
+    return line
+
+  def readline(self) -> bytes:
+    while not self._lines and not self._eof:
+      data = self._file.read(self._block)
+      if not data:
+        self._eof = True
+        if self._rest:
+          self._lines.append(self._rest)
+          self._rest = b""
+        break
+      parts = (self._rest + data).split(b"\n")
+      self._rest = parts.pop()
+      self._lines.extend(p + b"\n" for p in parts)
+      self._lines.reverse()  # pop() from the end below
+    return self._lines.pop() if self._lines else b""
+
+
+def _open(path: str) -> _RawLines:
+  return _RawLines(path)
+
+
+def _is_file(path: str) -> bool:
+  return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+
+
+def _glob(pattern: str) -> list[str]:
+  """tf.io.gfile.glob, plus `**` (any number of directories), which it lacks."""
+  if "**" not in pattern:
+    return tf.io.gfile.glob(pattern)
+  root, rest = pattern.split("**", 1)
+  root = root.rstrip("/") or "."
+  rest = rest.lstrip("/")
+  if not tf.io.gfile.isdir(root):
+    return []
+  found = []
+  for directory, _, files in tf.io.gfile.walk(root):
+    for name in files:
+      path = os.path.join(directory, name)
+      relative = path[len(root):].lstrip("/")
+      # `**/x` also matches `x` at the root, as in glob.glob(recursive=True).
+      if fnmatch.fnmatch(relative, f"*/{rest}") or fnmatch.fnmatch(relative, rest):
+        found.append(path)
+  return found
+
+
 # --------------------------------------------------------------- paired text
 def _scan_pair(src: str, tgt: str) -> Dict[str, int]:
   """Validates a parallel file pair; returns counts (see module docstring)."""
   for path in (src, tgt):
-    if not os.path.isfile(path):
+    if not _is_file(path):
       raise FileNotFoundError(f"Data file not found: {path!r}")
   pairs = empty_inputs = 0
-  with open(src, "rb") as fs, open(tgt, "rb") as ft:
+  with _open(src) as fs, _open(tgt) as ft:
     while True:
       ls, lt = fs.readline(), ft.readline()
       if not ls and not lt:
@@ -261,7 +335,7 @@ class PairedTextFileSource(seqio.DataSource):
       return counts
     start, stop = self.line_range(split)
     empty = 0
-    with open(self.files(split)[0], "rb") as f:
+    with _open(self.files(split)[0]) as f:
       for i, line in enumerate(f):
         if i >= stop:
           break
@@ -312,7 +386,7 @@ def _iter_text(path: str, mode: str, min_chars: int,
   after `max_chars` so a file without blank lines is not one huge example) or
   non-blank lines of one file; skips and counts non-UTF-8 lines."""
   chunk, chunk_chars = [], 0
-  with open(path, "rb") as f:
+  with _open(path) as f:
     for lineno, raw in enumerate(f, 1):
       try:
         line = raw.decode("utf-8")
@@ -382,8 +456,7 @@ class TextFileSource(seqio.DataSource):
 
   def list_shards(self, split: str) -> Sequence[str]:
     pats = self.patterns(split)
-    files = sorted({f for p in pats for f in glob.glob(p, recursive=True)
-                    if os.path.isfile(f)})
+    files = sorted({f for p in pats for f in _glob(p) if _is_file(f)})
     if not files:
       raise FileNotFoundError(
           f"No text files match {pats} (split {split!r}); set "
