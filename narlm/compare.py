@@ -169,24 +169,16 @@ def load_run(name: str, model_dir: str):
     raise type(e)(f"--system {name}: run directory {model_dir}: {e}") from e
 
 
-def _describe_vocabulary(vocab) -> str:
-  path = getattr(vocab, "vocab_file", None) or getattr(vocab, "sentencepiece_model_file", None)
-  return (f"{type(vocab).__name__}" + (f" {path}" if path else "") +
-          f" ({getattr(vocab, 'vocab_size', '?')} ids)")
-
-
 def check_vocabularies(name: str, loaded, task) -> None:
   """The run's input/output vocabularies must be the task's: otherwise its
   token ids would be read as other tokens."""
-  for side, feature in (("input", "inputs"), ("output", "targets")):
-    spec = task.output_features.get(feature)
-    ours = getattr(loaded.model, f"{side}_vocabulary")
-    if spec is not None and ours != spec.vocabulary:
-      raise ValueError(
-          f"--system {name}: the run in {loaded.model_dir} has {side} vocabulary "
-          f"{_describe_vocabulary(ours)} but task {task.name!r} tokenises its {feature} with "
-          f"{_describe_vocabulary(spec.vocabulary)}; compare it on a task with the run's "
-          "vocabulary (e.g. sentcomp_bert for BERT WordPiece runs, sentcomp_t5 for T5 runs)")
+  from narlm import train_data  # pylint: disable=g-import-not-at-top
+  mismatches = train_data.vocabulary_mismatches(loaded.model, task)
+  if mismatches:
+    raise ValueError(
+        f"--system {name}: the run in {loaded.model_dir} has " + "; and ".join(mismatches)
+        + "; compare it on a task with the run's vocabulary (e.g. sentcomp_bert for BERT "
+        "WordPiece runs, sentcomp_t5 for T5 runs)")
 
 
 def frame_input(model, ids: Sequence[int], max_length: int) -> list[int]:

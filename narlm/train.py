@@ -23,6 +23,7 @@ and only `main()` below parses gin.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import re
@@ -46,7 +47,7 @@ from narlm.run_dirs import (_append_jsonl, _best_checkpoint_dir, _checkpoint_dir
                             _checkpoint_manager, _train_cpu_seconds_logged,
                             best_checkpoint_step, restore_params)
 from narlm.train_data import (bucket_by_length, get_dataset, get_task_or_mixture,  # noqa: F401
-                              prefetch_to_device)
+                              prefetch_to_device, vocabulary_mismatches)
 from narlm.train_eval import (BestTracker, _check_output_vocab_coverage, _run_eval,  # noqa: F401
                               evaluate_with_metrics)
 
@@ -418,6 +419,14 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     raise ValueError(f"train_steps must be >= 1, got {train_steps}")
   if max_train_cpu_seconds is not None and not max_train_cpu_seconds > 0:
     raise ValueError(f"max_train_cpu_seconds must be > 0, got {max_train_cpu_seconds}")
+  # Before anything is written: a task tokenised with another vocabulary
+  # would train on ids the model reads as other tokens.
+  task = get_task_or_mixture(train_dataset_cfg.mixture_or_task_name)
+  mismatches = vocabulary_mismatches(model, task)
+  if mismatches:
+    raise ValueError(f"MIXTURE_OR_TASK_NAME {task.name!r} does not fit the model: the model has "
+                     + "; and ".join(mismatches) + ". Use a task tokenised with the model's "
+                     "vocabulary (e.g. sentcomp_bert for the BERT WordPiece model gins)")
   from etils import epath  # pylint: disable=g-import-not-at-top
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
   trainer = Trainer(model, num_model_partitions=num_model_partitions,
@@ -436,6 +445,10 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     raise ValueError(f"best_metric={best_metric!r} needs periodic evaluation: set eval_period "
                      "(EVAL_PERIOD) > 0 and an eval dataset")
   train_ds = get_dataset(train_dataset_cfg, model, shard_index=process, num_shards=num_processes)
+  if next(iter(train_ds.take(1)), None) is None:  # else a bare StopIteration at step 1
+    raise ValueError(f"task {train_dataset_cfg.mixture_or_task_name!r} has no examples in its "
+                     f"{train_dataset_cfg.split!r} split (shard {process} of {num_processes}): "
+                     "are its files empty, or every source line blank?")
   if process == 0 and eval_dataset_cfg is not None:
     _check_output_vocab_coverage(model, eval_dataset_cfg)
   length = int(model.FEATURE_CONVERTER_CLS(pack=False).get_model_feature_lengths(
@@ -770,14 +783,26 @@ def console_main() -> None:
   # flag or gin file, missing data, unusable checkpoint) is one message and
   # exit status 2; a training failure (non-finite loss) exits 1; a bug keeps
   # its traceback. The traceback of a user error is in the log file.
+  # Under `python -m narlm.train` this file is __main__, while the
+  # gin-configured train() raises narlm.train's errors: catch those.
+  from narlm import train as train_lib  # pylint: disable=g-import-not-at-top,import-self
   try:
     main(argv)
-  except TrainingError as e:
+  except train_lib.TrainingError as e:
     logging.error("%s", e)
     logging.info("traceback", exc_info=True)
     sys.exit(1)
   except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
     logging.error("%s", e)
+    logging.info("traceback", exc_info=True)
+    sys.exit(2)
+  except OSError as e:
+    # isinstance, not only errno: gin re-raises through a proxy subclass
+    # that may not carry errno.
+    if not (isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM,
+                                                          errno.EROFS)):
+      raise
+    logging.error("cannot write there (check MODEL_DIR and its permissions): %s", e)
     logging.info("traceback", exc_info=True)
     sys.exit(2)
 

@@ -96,3 +96,23 @@ def prefetch_to_device(batches: Iterator[Mapping[str, np.ndarray]], put, size: i
       yield queue.popleft()
   while queue:
     yield queue.popleft()
+
+
+def _describe_vocabulary(vocab) -> str:
+  path = getattr(vocab, "vocab_file", None) or getattr(vocab, "sentencepiece_model_file", None)
+  return (f"{type(vocab).__name__}" + (f" {path}" if path else "") +
+          f" ({getattr(vocab, 'vocab_size', '?')} ids)")
+
+
+def vocabulary_mismatches(model, task) -> list[str]:
+  """What differs between the model's input/output vocabularies and the ones
+  `task` (a seqio Task or Mixture) tokenises with, one phrase per side ([]
+  when they match): a mismatch would read token ids as other tokens."""
+  found = []
+  for side, feature in (("input", "inputs"), ("output", "targets")):
+    spec = task.output_features.get(feature)
+    ours = getattr(model, f"{side}_vocabulary", None)
+    if spec is not None and ours is not None and ours != spec.vocabulary:
+      found.append(f"{side} vocabulary {_describe_vocabulary(ours)} but task {task.name!r} "
+                   f"tokenises its {feature} with {_describe_vocabulary(spec.vocabulary)}")
+  return found

@@ -39,6 +39,7 @@ def two_steps(tmp_path_factory):
   return run
 
 
+@pytest.mark.slow  # three short trainings (~2 min on 2 cores): CI's slow pass
 def test_round_trip_through_t5x_layout_continues_the_run(two_steps, tmp_path):
   original = tmp_path / "narlm_run"
   shutil.copytree(two_steps, original)
