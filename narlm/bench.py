@@ -260,7 +260,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   if args.repeats:
     p["repeats"] = args.repeats
   if args.lengths:
-    p["lengths"] = tuple(int(x) for x in args.lengths.split(","))
+    try:
+      p["lengths"] = tuple(int(x) for x in args.lengths.split(","))
+    except ValueError:
+      raise ValueError(f"--lengths {args.lengths!r}: expected comma-separated integers, "
+                       "e.g. --lengths=32,64") from None
   sections = [s.strip() for s in args.sections.split(",") if s.strip()]
   if args.vocab_size:
     p["vocab_size"] = args.vocab_size
@@ -367,10 +371,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except ValueError as e:  # bad arguments (e.g. an unknown section), named in the message
-    print(f"error: {e}", file=sys.stderr)
+  from narlm import cli_errors  # pylint: disable=g-import-not-at-top
+  # Bad arguments (e.g. an unknown section): one `error:` line, exit 2.
+  if cli_errors.run(main, sys.argv[1:]):
     sys.exit(2)
   # Everything is written (the --out file is closed): skip the interpreter's
   # teardown of TensorFlow and PyTorch, ~3 s on 2 cores.

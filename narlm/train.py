@@ -695,7 +695,12 @@ def check_macro_bindings_are_used(gin_files: Sequence[str], gin_bindings: Sequen
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in used:
       continue  # a configurable's parameter (gin checks those) or a used macro
     close = difflib.get_close_matches(name, sorted(used), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    if close:
+      hint = f"; did you mean {', '.join(close)}?"
+    else:  # nothing similar: show what can be set
+      names = sorted(used)
+      hint = (f"; the macros they use are {', '.join(names[:25])}"
+              + (f" and {len(names) - 25} more" if len(names) > 25 else ""))
     raise ValueError(f"gin binding {binding!r}: no gin file in {list(gin_files)} uses the "
                      f"macro {name} (%{name}), so it would have no effect{hint}")
 

@@ -190,6 +190,9 @@ def test_malformed_and_missing_gin_files(tmp_path):
     run_in_process(tmp_path / "run", "--gin.LEARNIG_RATE=0.1")
   with pytest.raises(ValueError, match="macro INITIAL_CHECKPOINT_PATH"):
     run_in_process(tmp_path / "run", "--gin.INITIAL_CHECKPOINT_PATH='/tmp/ckpt'")
+  # Nothing similar: the message lists what can be set.
+  with pytest.raises(ValueError, match=r"NOT_A_MACRO.*the macros they use are .*BATCH_SIZE"):
+    run_in_process(tmp_path / "run", "--gin.NOT_A_MACRO=3")
   assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
