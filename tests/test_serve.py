@@ -537,6 +537,56 @@ def test_cli_serves_and_stops_on_sigterm(runs, tmp_path):
       proc.wait()
 
 
+@pytest.mark.slow
+def test_cli_serves_past_a_damaged_newest_checkpoint(runs, tmp_path):
+  """The reliability probe's server trial: garbage in every data file of the
+  newest step. `python -m narlm.serve` starts anyway on the newest intact
+  step (a warning names both), and serves."""
+  import shutil
+  import orbax.checkpoint as ocp
+  from narlm import train
+  run = tmp_path / "run"
+  shutil.copytree(runs["nar"], run)
+  params = train.restore_params(str(run), step=2)
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(run / "checkpoints", options=options) as manager:
+    manager.save(3, args=ocp.args.StandardSave({"step": np.int32(3), "params": params}))
+  rng = np.random.default_rng(0)
+  damaged = [p for p in (run / "checkpoints" / "3").rglob("*")
+             if p.is_file() and p.parent.name == "d"]
+  assert damaged
+  for path in damaged:
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+      f.seek(size // 3)
+      f.write(rng.integers(0, 256, min(4096, size - size // 3), dtype=np.uint8).tobytes())
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, PYTHONUNBUFFERED="1")
+  log = tmp_path / "serve.log"
+  with open(log, "w") as stderr:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "narlm.serve", "--model_dir", str(run), "--port", "0",
+         "--methods", "argmax", "--max_texts", "1", "--batch_buckets", "1",
+         "--max_tokens", "16"],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=REPO)
+  try:
+    line = proc.stdout.readline()
+    if not line.startswith("narlm.serve listening on http://127.0.0.1:"):
+      proc.kill()
+      pytest.fail(f"no 'listening' line, got {line!r}; log:\n{log.read_text()[-3000:]}")
+    status, _, body = generate(line.split()[-1], {"texts": ["hello world"]})
+    assert status == 200 and len(body["results"][0]["outputs"]) == 1
+    proc.terminate()
+    assert proc.wait(30) == 0
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  text = log.read_text()
+  assert "Traceback" not in text, text[-3000:]  # a warning, not orbax noise
+  assert "skipping damaged checkpoint step 3" in text and "using checkpoint step 2" in text, \
+      text[-3000:]
+
+
 # ------------------------------------------------------------- safety
 def test_foreign_host_headers_are_refused(url):
   """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends its own
