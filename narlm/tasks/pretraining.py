@@ -14,6 +14,9 @@ split.
   example per paragraph). TFDS has no BookCorpus builder. Train split only.
 * narlm_wiki_books: mixture of the two, rates proportional to the word counts
   BERT reported (Wikipedia 2,500M, BooksCorpus 800M).
+* `<task>_both_ways` / `narlm_wiki_books[_local]_both_ways`: the same data
+  with the stronger objective of narlm/tasks/span_corruption.py (shifts both
+  ways, a masking ratio per example).
 * Offline stand-ins from `$NARLM_DATA_DIR/pretrain`: wikitext2_local_bert
   (train = WikiText-2 valid, validation = test; one example per paragraph of
   at least 40 characters, which drops the "= = Heading = =" lines),
@@ -28,6 +31,7 @@ import seqio
 from narlm import vocabularies
 from narlm.tasks import preprocessors as prep
 from narlm.tasks import sources
+from narlm.tasks import span_corruption
 
 BERT = vocabularies.bert_vocabulary()
 
@@ -42,6 +46,17 @@ DENOISE_PREPROCESSORS = [
     prep.split_tokens,
     prep.filter_empty_targets,
     prep.nar_denoise,
+    prep.filter_empty_inputs,
+]
+
+# The stronger objective (narlm/tasks/span_corruption.py): shifts both ways,
+# span masking at a ratio drawn per example from 0.15-0.8.
+BOTH_WAYS_PREPROCESSORS = [
+    functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+    prep.split_tokens,
+    prep.filter_empty_targets,
+    span_corruption.both_ways_denoise,
     prep.filter_empty_inputs,
 ]
 
@@ -106,4 +121,27 @@ seqio.TaskRegistry.add(
 seqio.MixtureRegistry.add(
     "narlm_wiki_books_local",
     [("wikitext2_local_bert", WIKI_RATE), ("books_local_bert", BOOKS_RATE)],
+)
+
+# ------------------------------------ the same data, the both-ways objective
+_BOTH_WAYS = {}
+for _name, _task in (("wikipedia_bert", "wikipedia_bert"), ("bookcorpus_bert", "bookcorpus_bert"),
+                     ("wikitext2_local_bert", "wikitext2_local_bert"),
+                     ("books_local_bert", "books_local_bert")):
+  _BOTH_WAYS[_name] = f"{_name}_both_ways"
+  seqio.TaskRegistry.add(
+      f"{_name}_both_ways",
+      source=seqio.get_mixture_or_task(_task).source,
+      output_features=BERT_FEATURES,
+      preprocessors=BOTH_WAYS_PREPROCESSORS,
+      metric_fns=[],
+  )
+
+seqio.MixtureRegistry.add(
+    "narlm_wiki_books_both_ways",
+    [(_BOTH_WAYS["wikipedia_bert"], WIKI_RATE), (_BOTH_WAYS["bookcorpus_bert"], BOOKS_RATE)],
+)
+seqio.MixtureRegistry.add(
+    "narlm_wiki_books_local_both_ways",
+    [(_BOTH_WAYS["wikitext2_local_bert"], WIKI_RATE), (_BOTH_WAYS["books_local_bert"], BOOKS_RATE)],
 )
