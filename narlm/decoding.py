@@ -163,6 +163,26 @@ def frame_source(model, ids: Sequence[int], max_length: int) -> list[int]:
   return frame(ids, max_length)
 
 
+MASK_TOKEN = "[MASK]"
+
+
+def encode_with_mask_tokens(vocab, text: str) -> list[int]:
+  """`vocab.encode(text)`, except that a literal "[MASK]" becomes the mask
+  token (as Hugging Face's BERT tokenizer does), so a user can ask a
+  pretraining run to fill gaps: "the [MASK] sat on the mat". Vocabularies
+  without a mask token encode the text as is."""
+  mask_id = getattr(vocab, "mask_id", None)
+  if mask_id is None or MASK_TOKEN not in text:
+    return list(vocab.encode(text))
+  ids: list[int] = []
+  for k, part in enumerate(text.split(MASK_TOKEN)):
+    if k:
+      ids.append(int(mask_id))
+    if part.strip():
+      ids.extend(vocab.encode(part))
+  return ids
+
+
 class Generator:
   """Batched, jit-compiled text generation from a trained NagBertModel.
 
@@ -200,7 +220,7 @@ class Generator:
         raise TypeError(f"input {i} is {type(text).__name__}, expected str")
       if not text.strip():
         raise ValueError(f"input {i} is empty")
-      ids = list(self.vocab.encode(text))
+      ids = encode_with_mask_tokens(self.vocab, text)
       room = self.max_length - getattr(self.model, "source_overhead", 0)
       if len(ids) > room:
         logging.warning("input %d has %d tokens; truncated to %d (max_length=%d)", i, len(ids),

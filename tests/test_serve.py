@@ -672,3 +672,25 @@ def test_no_request_compiles(url, service):
     generate(url, {"texts": TEXTS, "methods": ["ratio_first", "argmax"], "alpha": alpha})
   generate(url, {"texts": TEXTS[:1] * 3, "methods": ["viterbi", "ar_greedy"]})
   assert before is not None and service.compiled_programs() == before
+
+
+# ------------------------------------------------------- pretraining runs
+def test_a_pretraining_run_is_served_and_fills_masks(tmp_path, data_dir):
+  """Milestone 2's model before fine-tuning: a run of the pretraining
+  experiment loads like any NAG-BERT run, and "[MASK]" in a request is the
+  mask token it was trained to fill (one pass, like every request)."""
+  del data_dir
+  from narlm import decoding
+  run = str(tmp_path / "pretrain")
+  make_run(run, ["narlm/gin/pretrain_cpu.gin"])
+  loaded = serve.load_model(run)
+  gen = decoding.Generator(loaded.model, loaded.params, max_length=32, length_buckets=(16,),
+                           batch_buckets=(1,))
+  vocab = loaded.model.input_vocabulary
+  ids = gen.encode(["the [MASK] sat on the [MASK]."])[0]
+  m = vocab.mask_id
+  assert ids[1:-1] == [*vocab.encode("the"), m, *vocab.encode("sat on the"), m,
+                       *vocab.encode(".")]  # inside [CLS] ... [SEP]
+  assert decoding.encode_with_mask_tokens(vocab, "no masks here") == list(vocab.encode("no masks here"))
+  out = gen.generate(["the [MASK] sat on the [MASK]."], method="argmax")
+  assert len(out) == 1 and isinstance(out[0], str)
