@@ -14,7 +14,9 @@ A system is ``NAME=MODEL_DIR:METHOD``: a narlm training run directory (its
 ``config.gin`` and newest checkpoint are loaded as by ``narlm.serve``) and a
 decode method: ``argmax``, ``viterbi`` or ``ratio_first`` for NagBertModel,
 ``greedy`` for ArSeq2SeqModel, ``tag`` for the deletion tagger
-(narlm.tagger.TaggerModel). For ``ratio_first`` the ratio alpha is chosen
+(narlm.tagger.TaggerModel), ``mask_predict@T`` or ``mask_predict_crf@T``
+(T refinement passes; ``@TxL`` adds a length beam of L) for the canvas model
+(narlm.canvas.CanvasModel). For ``ratio_first`` the ratio alpha is chosen
 on the *validation* split (the best ``--select_metric`` over ``--alphas``);
 the test split is decoded once per system, with the chosen alpha, and never
 used for a choice. Sources are framed as the model was trained
@@ -75,12 +77,36 @@ from narlm.compare_report import TABLE_METRICS, summary, to_json, to_markdown  #
 
 # Decode method -> the model class (serve.LoadedModel.kind) that runs it.
 METHOD_KINDS = {"argmax": "NagBertModel", "viterbi": "NagBertModel",
-                "ratio_first": "NagBertModel", "greedy": "ArSeq2SeqModel", "tag": "TaggerModel"}
+                "ratio_first": "NagBertModel", "greedy": "ArSeq2SeqModel", "tag": "TaggerModel",
+                "mask_predict": "CanvasModel", "mask_predict_crf": "CanvasModel"}
 KIND_NAMES = {"NagBertModel": "a NAG-BERT run", "ArSeq2SeqModel": "an AR run",
-              "TaggerModel": "a tagger run"}
+              "TaggerModel": "a tagger run", "CanvasModel": "a canvas (mask-predict) run"}
 NAR_METHODS = ("argmax", "viterbi", "ratio_first")
 AR_METHODS = ("greedy",)
 TAG_METHODS = ("tag",)
+MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf")
+
+
+def split_method(method: str) -> tuple[str, dict[str, int]]:
+  """'mask_predict@4' -> ('mask_predict', {'iterations': 4}); 'mask_predict@4x3'
+  adds {'length_beam': 3}; any other method -> (method, {})."""
+  base, at, tail = method.partition("@")
+  if not at:
+    return method, {}
+  if base not in MASK_PREDICT_METHODS:
+    raise ValueError(f"method {method!r}: only {' and '.join(MASK_PREDICT_METHODS)} take "
+                     "@T (refinement passes)")
+  passes, x, beam = tail.partition("x")
+  try:
+    kwargs = {"iterations": int(passes)}
+    if x:
+      kwargs["length_beam"] = int(beam)
+  except ValueError:
+    raise ValueError(f"method {method!r}: expected {base}@T or {base}@TxL with integers T "
+                     "(passes) and L (length beam)") from None
+  if kwargs["iterations"] < 1 or kwargs.get("length_beam", 1) < 1:
+    raise ValueError(f"method {method!r}: T (passes) and L (length beam) must be >= 1")
+  return base, kwargs
 LENGTH_BUCKETS = (16, 32, 64, 128)
 
 
@@ -118,9 +144,14 @@ def parse_system(spec: str) -> tuple[str, str, str]:
   model_dir, sep2, method = rest.rpartition(":")
   if not sep or not sep2 or not name or not model_dir:
     raise ValueError(f"--system {spec!r}: expected NAME=MODEL_DIR:METHOD")
-  if method not in METHOD_KINDS:
+  try:
+    base, _ = split_method(method)
+  except ValueError as e:
+    raise ValueError(f"--system {spec!r}: {e}") from None
+  if base not in METHOD_KINDS:
     raise ValueError(f"--system {spec!r}: unknown method {method!r}; expected one of "
-                     f"{tuple(METHOD_KINDS)}")
+                     f"{tuple(METHOD_KINDS)} (mask_predict methods may add @T, e.g. "
+                     "mask_predict@4)")
   return name, model_dir, method
 
 
@@ -198,6 +229,7 @@ class Decoder:
 
   def __init__(self, loaded, method: str, max_length: int):
     import jax  # pylint: disable=g-import-not-at-top
+    method, refine_kwargs = split_method(method)
     kind, expected = loaded.kind, METHOD_KINDS.get(method)
     if expected is None:
       raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHOD_KINDS)}")
@@ -208,7 +240,8 @@ class Decoder:
       hint = f" (use :{' or :'.join(usable)})" if usable else ""
       raise ValueError(f"{loaded.model_dir}: method {method!r} needs "
                        f"{KIND_NAMES.get(expected, expected)}, this is {kind}{hint}")
-    if method in ("viterbi", "ratio_first") and not loaded.model.module.use_crf:
+    if (method in ("viterbi", "ratio_first", "mask_predict_crf")
+        and not loaded.model.module.use_crf):
       raise ValueError(f"{loaded.model_dir}: method {method!r} needs a CRF, the run has none")
     self.loaded, self.method, self.max_length = loaded, method, max_length
     self.buckets = tuple(b for b in LENGTH_BUCKETS if b < max_length) + (max_length,)
@@ -223,6 +256,8 @@ class Decoder:
         return model.predict_batch_with_aux(params, batch, decode_method="greedy")
       if method in TAG_METHODS:
         return model.predict_batch_with_aux(params, batch)
+      if method in MASK_PREDICT_METHODS:
+        return model.predict_batch_with_aux(params, batch, decode_method=method, **refine_kwargs)
       return model.predict_batch_with_aux(params, batch, decode_method=method, alpha=alpha)
 
     self._predict = jax.jit(predict, static_argnames=("alpha",))

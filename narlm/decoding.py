@@ -236,7 +236,8 @@ class Generator:
 
   def generate_ids(self, texts: Sequence[str], method: str = "viterbi",
                    alpha: Optional[float] = None) -> list[list[int]]:
-    check_decode_method(method)
+    # Models with their own methods (the canvas model's mask_predict) check them.
+    getattr(self.model, "check_decode_method", check_decode_method)(method)
     if method == "ratio_first" and alpha is None:
       raise ValueError("ratio_first decoding needs alpha")
     encoded = self.encode(texts)

@@ -41,6 +41,7 @@ def standard_logical_axis_rules() -> list[tuple[str, Optional[str]]]:
       ("crf_rank", None),
       ("type_vocab", None),
       ("tag_classes", None),
+      ("length_classes", None),  # the canvas model's length head: small, replicated
       ("abspos_buckets", None),
       ("layers", None),
   ]

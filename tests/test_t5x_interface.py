@@ -25,6 +25,7 @@ import pytest
 import seqio
 
 import narlm.tasks  # noqa: F401  (registers the seqio tasks)
+from narlm import canvas
 from narlm import models
 from narlm import partitioning as narlm_partitioning
 
@@ -38,16 +39,26 @@ T5X_RESERVED_METRICS = {"learning_rate", "learning_rate/current"}
 
 
 # --------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def model():
-  """MODEL exactly as the t5x experiment gins build it (tiny model gin)."""
+# Model gins replayed: NAG-BERT (tiny) and the canvas model (with its CRF).
+MODEL_GINS = {
+    "nag_bert": ("narlm/gin/models/tiny.gin", []),
+    "canvas": ("narlm/gin/models/canvas.gin",
+               ["MODEL_SIZE = 'tiny'", "USE_CRF = True", "DECODE_METHOD = 'mask_predict_crf'",
+                "ITERATIONS = 2", f"MAX_CANVAS_LENGTH = {LENGTHS['targets'] - 2}"]),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_GINS))
+def model(request):
+  """MODEL exactly as the t5x experiment gins build it (tiny model gins)."""
+  gin_file, bindings = MODEL_GINS[request.param]
   gin.clear_config()
   try:
     gin.parse_config_files_and_bindings(
-        [str(REPO / "narlm/gin/models/tiny.gin")],
+        [str(REPO / gin_file)],
         # Smaller than the gin's defaults only to keep compiles short in CI.
         ["OPTIMIZER = None", "CRF_BEAM_SIZE = 8", "CRF_RANK = 8",
-         "encoder.bert_config.num_layers = 1"], finalize_config=False)
+         "encoder.bert_config.num_layers = 1"] + bindings, finalize_config=False)
     yield gin.query_parameter("%MODEL").scoped_configurable_fn()
   finally:
     gin.clear_config()
@@ -97,7 +108,7 @@ def variables(model, shapes):
 
 # ----------------------------------------------------------- the contract
 def test_model_attributes_t5x_reads(model):
-  assert isinstance(model, models.NagBertModel)
+  assert isinstance(model, (models.NagBertModel, canvas.CanvasModel))
   # train.py:350-356: TrainStateInitializer(optimizer_def=model.optimizer_def,
   # init_fn=model.get_initial_variables); utils.py:1073 takes init_fn.__self__.
   assert hasattr(model, "optimizer_def")
@@ -240,7 +251,7 @@ def test_predict_batch_with_aux_as_the_evaluator_calls_it(model, batch, infer_ou
   (tokens, aux), (tokens_no_rng, aux_no_rng), predicted, _ = infer_outputs
   length = batch["encoder_input_tokens"].shape[1]
   assert tokens.shape == (BATCH, length) and tokens.dtype == jnp.int32
-  assert set(aux) == {"scores", "length"}
+  assert {"scores", "length"} <= set(aux)
   assert aux["scores"].shape == aux["length"].shape == (BATCH,)
   np.testing.assert_array_equal(tokens, tokens_no_rng)
   np.testing.assert_allclose(aux["scores"], aux_no_rng["scores"])

@@ -1,0 +1,563 @@
+"""Iterative refinement: a conditional masked LM over a target canvas.
+
+`CanvasNetwork` reads ``[CLS] source [SEP] canvas [SEP]`` with BERT's
+token-type ids telling the two segments apart (0 = source, 1 = canvas) and
+positions numbered through both, the layout of CMLM (Ghazvininejad et al.,
+2019) on one BERT encoder. A canvas is the output being written: target
+tokens, some of them ``[MASK]``. The encoder, output head and optional
+dynamic CRF are NAG-BERT's (params under ``bert/`` and ``crf/``, so a
+Hugging Face BERT warm-starts it as it does `NagBertModel`), plus one
+``length_head`` on the ``[CLS]`` state that classifies the target length.
+
+The attention mask is asymmetric: the source attends to the source only,
+the canvas to everything (the UniLM sequence-to-sequence mask with a
+bidirectional target). Two things follow, and they are why:
+
+* the ``[CLS]`` state depends on the source alone, so the length is
+  predicted before any canvas exists, in the same pass as training's;
+* the source's keys/values are computed once per input and reused by every
+  refinement pass, which then costs a canvas-sized forward (T positions
+  attending to S + T keys) instead of an (S + T)-sized one.
+
+Training (`CanvasModel.loss_fn`, on the ordinary seqio features of a seq2seq
+task): the canvas is the target ``y_1 .. y_m`` followed by ``[SEP]``; per
+example a ratio u ~ U(0, 1] is drawn and ceil(u m) random target positions
+are masked. Loss = [CRF NLL over the canvas] + lambda * token NLL on the
+masked positions (or on all positions) + length_weight * length NLL, summed
+and divided by the masked-token count (or a constant, t5x's
+``loss_normalizing_factor``). Optional glancing (GLAT, Qian et al. 2021): a
+first pass over a fully masked canvas counts the model's errors d, and
+``glancing_ratio * d`` gold tokens are revealed instead of a uniform share.
+
+Decoding (`mask_predict`): the length head proposes the `length_beam` most
+likely lengths; every candidate starts fully masked; pass 1 predicts every
+position; passes t = 2 .. T re-mask the floor(m (T - t + 1) / T) least
+confident tokens and predict them again (the count decays linearly to 0),
+all inside one jitted `lax.fori_loop`. With ``mask_predict_crf`` each pass's
+tokens come from Viterbi over the canvas, with the tokens that are not
+re-masked clamped (their emissions are the only allowed class), so the CRF
+orders the re-predicted tokens against their fixed neighbours. The
+candidate with the best mean token log-probability wins. T = 1 is one-pass
+decoding; one model serves every T.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, MutableMapping, Optional
+
+import clu.metrics as clu_metrics
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from narlm import decoding
+from narlm import losses
+from narlm import output_vocab as output_vocab_lib
+from narlm.model_base import Batch, GeneratorModel, PyTree, check_encoder_input
+from narlm.model_metrics import average_metric
+from narlm.modules.crf import DynamicCRF
+from narlm.modules.encoder import BertConfig, BertWithHead, Dense
+from narlm.output_vocab import OutputVocab
+
+SOURCE_SEGMENT, CANVAS_SEGMENT = 0, 1
+MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf")
+# A clamped position's other classes: low enough for Viterbi never to pick
+# them, finite so that no beam score becomes inf - inf.
+_CLAMP = -1e9
+
+
+class CanvasNetwork(nn.Module):
+  """BERT over ``[CLS] source [SEP] canvas [SEP]`` (see the module docstring).
+
+  Attributes:
+    config: encoder configuration.
+    max_canvas_length: the longest target (length classes are 0 .. this).
+    use_crf, crf_*: the dynamic CRF over the canvas, as NagBertNetwork's.
+    head_dropout: dropout before the output head.
+    output_vocab: restrict the output head (and the CRF) to these ids.
+
+  Param tree: ``bert/{encoder, head}`` (NagBertNetwork's), ``length_head``
+  (kernel [D, max_canvas_length + 1], axes ('embed', 'length_classes')),
+  ``crf/`` when use_crf.
+  """
+  config: BertConfig
+  max_canvas_length: int = 64
+  use_crf: bool = False
+  crf_rank: int = 32
+  crf_beam_size: int = 64
+  crf_parallel: bool = False
+  crf_self_transition: bool = False
+  crf_self_transition_exempt_ids: tuple = ()
+  head_dropout: float = 0.0
+  output_vocab: Optional[OutputVocab] = None
+
+  @property
+  def output_size(self) -> int:
+    return self.config.vocab_size if self.output_vocab is None else self.output_vocab.size
+
+  @property
+  def num_length_classes(self) -> int:
+    return self.max_canvas_length + 1
+
+  def setup(self):
+    if not isinstance(self.max_canvas_length, int) or self.max_canvas_length < 1:
+      raise ValueError(f"max_canvas_length must be a positive int, got {self.max_canvas_length!r}")
+    self.bert = BertWithHead(self.config)
+    self.dropout = nn.Dropout(rate=self.head_dropout)
+    self.length_head = Dense(self.num_length_classes, ("embed", "length_classes"),
+                             kernel_init=nn.initializers.normal(self.config.initializer_range))
+    if self.use_crf:
+      exempt = self.crf_self_transition_exempt_ids
+      if self.output_vocab is not None:
+        exempt = tuple(int(self.output_vocab.index_of(i)) for i in exempt)
+      self.crf = DynamicCRF(vocab_size=self.output_size, rank=self.crf_rank,
+                            beam_size=self.crf_beam_size, parallel=self.crf_parallel,
+                            self_transition=self.crf_self_transition,
+                            self_transition_exempt_ids=exempt)
+
+  def check_positions(self, source_length: int, canvas_width: int) -> None:
+    limit = self.config.max_position_embeddings
+    if source_length + canvas_width > limit:
+      raise ValueError(f"source ({source_length}) + canvas ({canvas_width}) positions exceed "
+                       f"max_position_embeddings={limit}; truncate the inputs or decode a "
+                       "shorter canvas")
+
+  def encode_source(self, source_tokens: jnp.ndarray, deterministic: bool = True):
+    """int [B, S] -> (source, length_logits float32 [B, max_canvas_length + 1]).
+
+    source = {'kv': per layer (keys, values) [B, S, H, Dh], 'mask': bool
+    [B, S], 'length': int [B] non-pad source positions}.
+    """
+    mask = source_tokens != self.config.pad_id
+    x = self.bert.encoder.embeddings(source_tokens, jnp.full_like(source_tokens, SOURCE_SEGMENT),
+                                     deterministic)
+    kvs = []
+    for layer in self.bert.encoder.layers:
+      x, kv = layer(x, mask, deterministic, return_kv=True)
+      kvs.append(kv)
+    length_logits = self.length_head(x[:, 0]).astype(jnp.float32)
+    source = {"kv": kvs, "mask": mask, "length": mask.sum(axis=-1).astype(jnp.int32)}
+    return source, length_logits
+
+  def canvas_logits(self, source: PyTree, canvas_tokens: jnp.ndarray,
+                    deterministic: bool = True) -> jnp.ndarray:
+    """One refinement pass: int [B, W] canvas -> float32 emissions [B, W, V'].
+
+    Canvas keys are its non-pad positions (tokens, [MASK]s and the closing
+    [SEP]); the source keys/values come from `encode_source`.
+    """
+    batch, width = canvas_tokens.shape
+    self.check_positions(source["mask"].shape[1], width)
+    positions = source["length"][:, None] + jnp.arange(width)[None, :]
+    x = self.bert.encoder.embeddings(canvas_tokens, jnp.full_like(canvas_tokens, CANVAS_SEGMENT),
+                                     deterministic, positions=positions)
+    keys = jnp.concatenate([source["mask"], canvas_tokens != self.config.pad_id], axis=1)
+    for layer, kv in zip(self.bert.encoder.layers, source["kv"]):
+      x = layer(x, keys, deterministic, prefix_kv=kv)
+    x = self.dropout(x, deterministic=deterministic)
+    ids = None if self.output_vocab is None else jnp.asarray(self.output_vocab.ids)
+    logits = self.bert.logits(x, output_ids=ids)
+    assert logits.shape == (batch, width, self.output_size), logits.shape
+    return logits
+
+  def __call__(self, source_tokens: jnp.ndarray, canvas_tokens: jnp.ndarray,
+               deterministic: bool = True):
+    """int [B, S], int [B, W] -> (emissions [B, W, V'], length_logits [B, C])."""
+    source, length_logits = self.encode_source(source_tokens, deterministic)
+    return self.canvas_logits(source, canvas_tokens, deterministic), length_logits
+
+  def crf_log_likelihood(self, logits, targets, mask) -> jnp.ndarray:
+    """[B, W, V'], [B, W], [B, W] -> [B] beam-approximated CRF log-likelihood."""
+    if not self.use_crf:
+      raise ValueError("this network was built with use_crf=False")
+    return self.crf(logits, targets, mask)
+
+  def crf_decode(self, logits, mask):
+    """[B, W, V'], [B, W] -> (classes [B, W], scores [B])."""
+    if not self.use_crf:
+      raise ValueError("this network was built with use_crf=False")
+    return self.crf.decode(logits, mask)
+
+  def initialize(self, source_tokens: jnp.ndarray, canvas_tokens: jnp.ndarray):
+    """Touches every parameter (for `init`)."""
+    logits, length_logits = self(source_tokens, canvas_tokens)
+    if self.use_crf:
+      mask = jnp.ones(canvas_tokens.shape, bool)
+      return self.crf(logits, jnp.zeros(canvas_tokens.shape, jnp.int32), mask), length_logits
+    return logits, length_logits
+
+
+# ------------------------------------------------------------ layout (pure)
+def target_lengths(targets: jnp.ndarray, eos_id: int, pad_id: int) -> jnp.ndarray:
+  """int [B, T] ``y_1 .. y_m, eos, ..`` -> int [B] m (tokens before the first
+  eos or pad)."""
+  ends = (targets == eos_id) | (targets == pad_id)
+  return jnp.where(ends.any(-1), jnp.argmax(ends, axis=-1), targets.shape[1]).astype(jnp.int32)
+
+
+def make_canvas(tokens: jnp.ndarray, lengths: jnp.ndarray, masked: jnp.ndarray, *,
+                mask_id: int, sep_id: int, pad_id: int) -> jnp.ndarray:
+  """The canvas rows ``t_1 .. t_m [SEP] pad ..`` with masked positions [MASK].
+
+  Args:
+    tokens: int [B, W] target (or current) tokens; positions >= m ignored.
+    lengths: int [B] m, at most W - 1 (room for [SEP]).
+    masked: bool [B, W] positions to mask (ignored at positions >= m).
+  Returns:
+    int [B, W].
+  """
+  pos = jnp.arange(tokens.shape[1])[None, :]
+  inside = pos < lengths[:, None]
+  canvas = jnp.where(inside & masked, mask_id, tokens)
+  canvas = jnp.where(pos == lengths[:, None], sep_id, canvas)
+  return jnp.where(pos > lengths[:, None], pad_id, canvas).astype(jnp.int32)
+
+
+def lowest_k(scores: jnp.ndarray, valid: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
+  """bool [B, W]: the k[b] valid positions of row b with the lowest scores
+  (ties: the earlier position)."""
+  keyed = jnp.where(valid, scores, jnp.inf)
+  rank = jnp.argsort(jnp.argsort(keyed, axis=-1, stable=True), axis=-1, stable=True)
+  return valid & (rank < k[:, None])
+
+
+def random_mask(rng: jax.Array, lengths: jnp.ndarray, width: int,
+                counts: jnp.ndarray) -> jnp.ndarray:
+  """bool [B, W]: counts[b] distinct random positions among row b's first m."""
+  valid = jnp.arange(width)[None, :] < lengths[:, None]
+  return lowest_k(jax.random.uniform(rng, (lengths.shape[0], width)), valid, counts)
+
+
+def remask_count(lengths: jnp.ndarray, iteration: jnp.ndarray, iterations: int) -> jnp.ndarray:
+  """Tokens re-masked before pass `iteration` (1-based, 2 .. T):
+  floor(m (T - iteration + 1) / T), mask-predict's linear decay."""
+  return (lengths * (iterations - iteration + 1)) // iterations
+
+
+class CanvasModel(GeneratorModel):
+  """Mask-predict generator with t5x's BaseModel interface (by duck typing).
+
+  Attributes beyond GeneratorModel's:
+    token_nll_weight: lambda (with a CRF; without one the token NLL is the loss).
+    length_weight: weight of the length NLL.
+    loss_on_all_positions: token NLL on every canvas position, not only the
+      masked ones.
+    glancing_ratio: 0 = uniform masking ratio; > 0 = GLAT's glancing sampler.
+    decode_method: 'mask_predict' (argmax tokens each pass) or
+      'mask_predict_crf' (Viterbi each pass; needs the CRF).
+    iterations: T, passes per decode.
+    length_beam: candidate lengths decoded in parallel per input.
+  """
+
+  def __init__(self, module: CanvasNetwork, input_vocabulary, output_vocabulary,
+               optimizer_def: Any = None, *, token_nll_weight: float = 0.5,
+               length_weight: float = 0.1, label_smoothing: float = 0.0,
+               loss_on_all_positions: bool = False, glancing_ratio: float = 0.0,
+               decode_method: str = "mask_predict", iterations: int = 4, length_beam: int = 1,
+               frame_inputs: bool = True, loss_normalizing_factor: Optional[float] = None):
+    super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
+                     why_eos="canvas targets end in eos", frame_inputs=frame_inputs,
+                     loss_normalizing_factor=loss_normalizing_factor)
+    if not isinstance(module, CanvasNetwork):
+      raise TypeError(f"module must be a CanvasNetwork, got {type(module).__name__}")
+    mask_id = getattr(input_vocabulary, "mask_id", None)
+    if mask_id is None:
+      raise ValueError("the canvas model needs a [MASK] token; the input vocabulary has none")
+    self.mask_id = int(mask_id)
+    # The canvas closes with [SEP]: the framing's separator, else eos.
+    self.sep_id = self.source_framing[1] if self.source_framing else self.eos_id
+    if not glancing_ratio >= 0.0:
+      raise ValueError(f"glancing_ratio must be >= 0, got {glancing_ratio!r}")
+    if not 0.0 <= label_smoothing < 1.0:
+      raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    self.token_nll_weight = float(token_nll_weight)
+    self.length_weight = float(length_weight)
+    self.label_smoothing = float(label_smoothing)
+    self.loss_on_all_positions = bool(loss_on_all_positions)
+    self.glancing_ratio = float(glancing_ratio)
+    self.decode_method = self.check_decode_method(decode_method)
+    self.iterations = check_iterations(iterations)
+    self.length_beam = self.check_length_beam(length_beam)
+
+  # ------------------------------------------------------------- checks
+  def check_decode_method(self, method: Optional[str]) -> str:
+    method = method or getattr(self, "decode_method", "mask_predict")
+    if method not in MASK_PREDICT_METHODS:
+      raise ValueError(f"unknown decode method {method!r} for the canvas model; expected one "
+                       f"of {MASK_PREDICT_METHODS}")
+    if method == "mask_predict_crf" and not self.module.use_crf:
+      raise ValueError("decode method 'mask_predict_crf' needs a CRF; this canvas model has "
+                       "none (USE_CRF = False): use 'mask_predict'")
+    return method
+
+  def check_length_beam(self, length_beam: int) -> int:
+    classes = self.module.max_canvas_length  # lengths 1 .. max are candidates
+    if not isinstance(length_beam, int) or not 1 <= length_beam <= classes:
+      raise ValueError(f"length_beam must be an int in [1, {classes}] (the length classes "
+                       f"1..max_canvas_length), got {length_beam!r}")
+    return length_beam
+
+  def _classes(self, token_ids):
+    return output_vocab_lib.maybe_class_of(self.module.output_vocab, token_ids)
+
+  def _token_ids(self, classes):
+    return output_vocab_lib.maybe_id_of(self.module.output_vocab, classes)
+
+  def _check_targets(self, batch: Batch) -> jnp.ndarray:
+    tokens = check_encoder_input(batch)
+    if "decoder_target_tokens" not in batch:
+      raise KeyError(f"batch has no 'decoder_target_tokens' (features: {sorted(batch)})")
+    targets = batch["decoder_target_tokens"]
+    if targets.ndim != 2 or targets.shape[0] != tokens.shape[0]:
+      raise ValueError(f"decoder_target_tokens must be [batch={tokens.shape[0]}, length], got "
+                       f"shape {targets.shape}")
+    if targets.shape[1] - 2 > self.module.max_canvas_length:
+      raise ValueError(
+          f"targets of {targets.shape[1]} positions hold canvases of up to "
+          f"{targets.shape[1] - 2} tokens, more than max_canvas_length="
+          f"{self.module.max_canvas_length} (the length classes): raise MAX_CANVAS_LENGTH to at "
+          f"least {targets.shape[1] - 2} or shorten TASK_FEATURE_LENGTHS['targets']")
+    return targets
+
+  # ------------------------------------------------------------------ init
+  def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, tuple],
+                            input_types: Optional[Mapping[str, Any]] = None) -> PyTree:
+    del input_types
+    shape = tuple(input_shapes["encoder_input_tokens"])
+    if len(shape) != 2:
+      raise ValueError(f"encoder_input_tokens shape must be [batch, length], got {shape}")
+    target_shape = tuple(input_shapes.get("decoder_target_tokens", shape))
+    params_rng, dropout_rng = jax.random.split(rng)
+    return self.module.init({"params": params_rng, "dropout": dropout_rng},
+                            jnp.ones(shape, jnp.int32), jnp.ones(target_shape, jnp.int32),
+                            method=CanvasNetwork.initialize)
+
+  # ------------------------------------------------------------------ loss
+  def _apply(self, params, method, *args, dropout_rng=None, **kwargs):
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+    return self.module.apply({"params": params}, *args, deterministic=dropout_rng is None,
+                             rngs=rngs, method=method, **kwargs)
+
+  def _crf_log_likelihood(self, params, logits, classes, mask):
+    return self.module.apply({"params": params}, logits, classes, mask,
+                             method=CanvasNetwork.crf_log_likelihood)
+
+  def _training_mask(self, params, source, targets, lengths, rng, dropout_rng):
+    """bool [B, T]: the target positions masked in this training canvas."""
+    width = targets.shape[1]
+    u_rng, pick_rng = jax.random.split(rng)
+    if self.glancing_ratio > 0:
+      # GLAT: predict from a fully masked canvas (no gradient), reveal a
+      # share of gold tokens proportional to the errors, mask the rest.
+      full = make_canvas(targets, lengths, jnp.ones(targets.shape, bool), mask_id=self.mask_id,
+                         sep_id=self.sep_id, pad_id=self.pad_id)
+      guess = jnp.argmax(jax.lax.stop_gradient(
+          self._apply(params, CanvasNetwork.canvas_logits, source, full,
+                      dropout_rng=dropout_rng)), axis=-1)
+      valid = jnp.arange(width)[None, :] < lengths[:, None]
+      errors = ((guess != self._classes(targets)) & valid).sum(-1)
+      reveal = jnp.floor(self.glancing_ratio * errors).astype(jnp.int32)
+      counts = jnp.maximum(lengths - reveal, jnp.minimum(lengths, 1))
+    else:
+      u = jax.random.uniform(u_rng, lengths.shape, minval=1e-6, maxval=1.0)
+      counts = jnp.maximum(jnp.ceil(u * lengths).astype(jnp.int32), jnp.minimum(lengths, 1))
+    return random_mask(pick_rng, lengths, width, counts)
+
+  def loss_fn(self, params: PyTree, batch: Batch,
+              dropout_rng: Optional[jax.Array]) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
+    """Summed loss / normaliser (t5x's signature); see the module docstring."""
+    targets = self._check_targets(batch)
+    lengths = target_lengths(targets, self.eos_id, self.pad_id)
+    # Masking is drawn from the dropout key when training; evaluation uses
+    # a fixed key so that its loss is deterministic.
+    rng = jax.random.PRNGKey(0) if dropout_rng is None else jax.random.fold_in(dropout_rng, 1)
+    source, length_logits = self._apply(params, CanvasNetwork.encode_source,
+                                        batch["encoder_input_tokens"], dropout_rng=dropout_rng)
+    masked = self._training_mask(params, source, targets, lengths, rng, dropout_rng)
+    canvas = make_canvas(targets, lengths, masked, mask_id=self.mask_id, sep_id=self.sep_id,
+                         pad_id=self.pad_id)
+    logits = self._apply(params, CanvasNetwork.canvas_logits, source, canvas,
+                         dropout_rng=dropout_rng)
+    classes = self._classes(targets)
+    valid = jnp.arange(targets.shape[1])[None, :] < lengths[:, None]
+    weights = (valid if self.loss_on_all_positions else masked).astype(jnp.float32)
+    num_tokens = weights.sum()
+    token_nll = losses.token_nll(logits, classes, weights, self.label_smoothing).sum()
+    length_nll = -jnp.take_along_axis(jax.nn.log_softmax(length_logits),
+                                      jnp.minimum(lengths, self.module.max_canvas_length)[:, None],
+                                      axis=-1).sum()
+    total = self.length_weight * length_nll
+    aux = {}
+    if self.module.use_crf:
+      crf_nll = -self._crf_log_likelihood(params, logits, classes, valid).sum()
+      total = total + crf_nll + self.token_nll_weight * token_nll
+      aux["crf_nll"] = crf_nll / jnp.maximum(valid.sum(), 1.0)
+    else:
+      total = total + token_nll
+    loss = total / self.loss_normalizer(num_tokens)
+    denom = jnp.maximum(num_tokens, 1.0)
+    correct = ((jnp.argmax(logits, -1) == classes) * weights).sum()
+    batch_size = jnp.float32(targets.shape[0])
+    metrics = {
+        "loss": average_metric(loss),
+        "token_accuracy": average_metric(correct, denom),
+        "token_nll": average_metric(losses.token_nll(logits, classes, weights).sum() / denom),
+        "length_nll": average_metric(length_nll / batch_size),
+        "length_accuracy": average_metric(
+            (jnp.argmax(length_logits, -1) == lengths).sum(), batch_size),
+        "num_tokens": clu_metrics.Average(total=num_tokens, count=jnp.float32(1.0)),
+    }
+    metrics.update({name: average_metric(value) for name, value in aux.items()})
+    return loss, metrics
+
+  # ------------------------------------------------------------- inference
+  def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
+                             *, decode_method: Optional[str] = None,
+                             iterations: Optional[int] = None, length_beam: Optional[int] = None,
+                             max_decode_length: Optional[int] = None,
+                             return_all_decodes: bool = False, num_decodes: int = 1,
+                             **unused_kwargs) -> tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
+    """Mask-predict decoding.
+
+    Args:
+      params: model parameters.
+      batch: needs 'encoder_input_tokens' [B, S].
+      rng: unused (decoding is deterministic); kept for t5x.
+      decode_method: 'mask_predict' or 'mask_predict_crf' (default: the model's).
+      iterations: T >= 1 passes (default: the model's).
+      length_beam: candidate lengths per input (default: the model's).
+      max_decode_length: the longest output M (default: the input width S,
+        at most max_canvas_length, so a short input bucket decodes a short
+        canvas; pass it for tasks whose outputs outgrow their inputs); the
+        canvas has M + 1 positions (room for [SEP]).
+      unused_kwargs: e.g. ``alpha`` from callers that pass every method's
+        arguments; ignored.
+
+    Returns:
+      tokens [B, max(S, M)] int32 (the output, then pad) and aux {'scores': [B]
+      mean token log-probability of the chosen candidate, 'length': [B]
+      output tokens, 'passes': [B] refinement passes run}.
+    """
+    del rng, unused_kwargs
+    if num_decodes != 1:
+      raise ValueError(f"mask-predict returns one output per input; num_decodes={num_decodes}")
+    method = self.check_decode_method(decode_method)
+    passes = check_iterations(self.iterations if iterations is None else iterations)
+    beam = self.check_length_beam(self.length_beam if length_beam is None else length_beam)
+    source_tokens = check_encoder_input(batch)
+    longest = (min(self.module.max_canvas_length, source_tokens.shape[1])
+               if max_decode_length is None else max_decode_length)
+    if not isinstance(longest, int) or not 1 <= longest <= self.module.max_canvas_length:
+      raise ValueError(f"max_decode_length must be an int in [1, max_canvas_length="
+                       f"{self.module.max_canvas_length}] (the longest length class), got "
+                       f"{longest!r}")
+    if beam > longest:
+      raise ValueError(f"length_beam={beam} exceeds the {longest} candidate lengths "
+                       f"(1..max_decode_length)")
+    tokens, aux = mask_predict(self, params, source_tokens, method=method,
+                               iterations=passes, length_beam=beam, longest=longest)
+    if return_all_decodes:
+      tokens, aux = tokens[:, None], dict(aux, scores=aux["scores"][:, None])
+    return tokens, aux
+
+  def score_batch(self, params: PyTree, batch: Batch,
+                  return_intermediates: bool = False) -> jnp.ndarray:
+    """[B] log-likelihood of the targets given the source: the length's
+    log-probability plus, with every target position masked, the CRF's (or
+    the summed token) log-likelihood."""
+    if return_intermediates:
+      raise NotImplementedError("narlm does not return intermediates from score_batch")
+    targets = self._check_targets(batch)
+    lengths = target_lengths(targets, self.eos_id, self.pad_id)
+    source, length_logits = self._apply(params, CanvasNetwork.encode_source,
+                                        batch["encoder_input_tokens"])
+    canvas = make_canvas(targets, lengths, jnp.ones(targets.shape, bool), mask_id=self.mask_id,
+                         sep_id=self.sep_id, pad_id=self.pad_id)
+    logits = self._apply(params, CanvasNetwork.canvas_logits, source, canvas)
+    classes = self._classes(targets)
+    valid = jnp.arange(targets.shape[1])[None, :] < lengths[:, None]
+    length_ll = jnp.take_along_axis(jax.nn.log_softmax(length_logits),
+                                    jnp.minimum(lengths, self.module.max_canvas_length)[:, None],
+                                    axis=-1)[:, 0]
+    if self.module.use_crf:
+      return length_ll + self._crf_log_likelihood(params, logits, classes, valid)
+    return length_ll - losses.token_nll(logits, classes, valid.astype(jnp.float32)).sum(-1)
+
+
+def check_iterations(iterations: int) -> int:
+  if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    raise ValueError(f"iterations (T, refinement passes) must be an int >= 1, got {iterations!r}")
+  return iterations
+
+
+@functools.partial(jax.jit, static_argnames=("model", "method", "iterations", "length_beam",
+                                             "longest"))
+def mask_predict(model: CanvasModel, params: PyTree, source_tokens: jnp.ndarray, *, method: str,
+                 iterations: int, length_beam: int, longest: int):
+  """Mask-predict over a length beam (see the module docstring).
+
+  Args:
+    model: the CanvasModel (hashable by identity: one program per model,
+      shape, method, T, beam and longest length).
+    source_tokens: int [B, S].
+    longest: M, the longest output; the canvas has W = M + 1 positions.
+
+  Returns:
+    (tokens [B, max(S, M)] int32: output then pad; aux {'scores' [B],
+    'length' [B], 'passes' [B]}).
+  """
+  network = model.module
+  apply = functools.partial(network.apply, {"params": params})
+  batch, width = source_tokens.shape[0], longest + 1
+  source, length_logits = apply(source_tokens, method=CanvasNetwork.encode_source)
+  # Candidate lengths 1 .. M, the `length_beam` most likely per input.
+  length_lp = jax.nn.log_softmax(length_logits)
+  allowed = (jnp.arange(length_lp.shape[-1]) >= 1) & (jnp.arange(length_lp.shape[-1]) <= longest)
+  _, cand = jax.lax.top_k(jnp.where(allowed, length_lp, -jnp.inf), length_beam)  # [B, l]
+  lengths = cand.reshape(-1).astype(jnp.int32)  # [N = B l]
+  source = jax.tree_util.tree_map(lambda a: jnp.repeat(a, length_beam, axis=0), source)
+  valid = jnp.arange(width)[None, :] < lengths[:, None]  # [N, W]
+
+  def one_pass(tokens, remask):
+    """Re-predicts the `remask` positions; the others keep `tokens`."""
+    canvas = make_canvas(tokens, lengths, remask, mask_id=model.mask_id, sep_id=model.sep_id,
+                         pad_id=model.pad_id)
+    logits = apply(source, canvas, method=CanvasNetwork.canvas_logits).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    if method == "mask_predict_crf":
+      kept = valid & ~remask
+      current = model._classes(tokens)  # pylint: disable=protected-access
+      onehot = jnp.arange(logits.shape[-1])[None, None, :] == current[..., None]
+      clamped = jnp.where(kept[..., None] & ~onehot, _CLAMP, logits)
+      classes, _ = apply(clamped, valid, method=CanvasNetwork.crf_decode)
+    else:
+      classes = jnp.argmax(logits, axis=-1)
+    confidence = jnp.take_along_axis(log_probs, classes[..., None], axis=-1)[..., 0]
+    new = model._token_ids(classes).astype(jnp.int32)  # pylint: disable=protected-access
+    return new, confidence
+
+  start = jnp.full((lengths.shape[0], width), model.mask_id, jnp.int32)
+  tokens, confidence = one_pass(start, valid)
+  state = (tokens, confidence, jnp.ones(lengths.shape, jnp.int32))
+
+  def refine(iteration, state):
+    tokens, confidence, passes = state
+    remask = lowest_k(confidence, valid, remask_count(lengths, iteration, iterations))
+    new, new_confidence = one_pass(tokens, remask)
+    return (jnp.where(remask, new, tokens), jnp.where(remask, new_confidence, confidence),
+            passes + 1)
+
+  tokens, confidence, passes = jax.lax.fori_loop(2, iterations + 1, refine, state)
+  score = jnp.where(valid, confidence, 0.0).sum(-1) / jnp.maximum(lengths, 1)
+  best = jnp.argmax(score.reshape(batch, length_beam), axis=-1)
+  pick = jnp.arange(batch) * length_beam + best
+  tokens, valid, score, passes = tokens[pick], valid[pick], score[pick], passes[pick]
+  tokens, out_lengths = decoding.cut_at_first_eos(tokens, model.eos_id, model.pad_id, valid)
+  # Position M always holds [SEP]: the output fits M positions, padded to the
+  # input width S as every narlm model returns (t5x decodes rows).
+  tokens = tokens[:, :longest]
+  if longest < source_tokens.shape[1]:
+    tokens = jnp.pad(tokens, ((0, 0), (0, source_tokens.shape[1] - longest)),
+                     constant_values=model.pad_id)
+  return tokens, {"scores": score, "length": out_lengths, "passes": passes}
