@@ -42,12 +42,14 @@ class _ForPeople(logging.Filter):
 
 
 class _ConsoleFormatter(logging.Formatter):
-  """Console lines as written; warnings and errors prefixed by their level."""
+  """Console lines as written; warnings and errors prefixed by their level in
+  lower case (``error: ...``, ``warning: ...``), the prefix every narlm entry
+  point uses (narlm.cli_errors)."""
 
   def format(self, record: logging.LogRecord) -> str:
     message = record.getMessage()
     if record.name != CONSOLE_LOGGER and record.levelno >= logging.WARNING:
-      message = f"{record.levelname}: {message}"
+      message = f"{record.levelname.lower()}: {message}"
     return message
 
 

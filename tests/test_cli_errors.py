@@ -86,3 +86,18 @@ def test_a_bug_keeps_its_traceback():
     return {}["missing"]
   with pytest.raises(KeyError):
     cli_errors.run(buggy, [])
+
+
+def test_the_trainer_console_uses_the_same_error_prefix():
+  """narlm.train reports through logging; its console lines carry the same
+  lower-case `error: ` / `warning: ` prefix as the other entry points."""
+  import logging
+  from narlm import console
+  fmt = console._ConsoleFormatter()  # pylint: disable=protected-access
+
+  def line(level, msg, *args):
+    return fmt.format(logging.LogRecord("root", level, __file__, 1, msg, args, None))
+
+  assert line(logging.ERROR, "could not parse gin config %s", "['bad.gin']") == (
+      "error: could not parse gin config ['bad.gin']")
+  assert line(logging.WARNING, "OUTPUT_VOCAB lacks %s", "5%") == "warning: OUTPUT_VOCAB lacks 5%"
