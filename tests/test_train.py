@@ -65,8 +65,8 @@ def test_model_gins_build(tmp_path):
   for path in sorted((GIN_DIR / "models").glob("*.gin")):
     gin.clear_config()
     try:
-      # nag_bert.gin is the body the size gins include; it needs a size.
-      extra = ["MODEL_SIZE = 'tiny'"] if path.stem == "nag_bert" else []
+      # nag_bert.gin / canvas.gin are bodies the size gins include; they need a size.
+      extra = ["MODEL_SIZE = 'tiny'"] if path.stem in ("nag_bert", "canvas") else []
       train.parse_gin([str(path)], ["OPTIMIZER = None", *extra])
       model = gin.query_parameter("%MODEL").scoped_configurable_fn()
       shapes = jax.eval_shape(
