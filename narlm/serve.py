@@ -66,9 +66,12 @@ from narlm.serve_http import RequestError, make_server  # noqa: F401  (re-export
 logger = logging.getLogger("narlm.serve")
 
 NAR_METHODS = ("argmax", "viterbi", "ratio_first")
+# A canvas (iterative refinement) run given as --model_dir serves these
+# instead, with the run's ITERATIONS passes (narlm.canvas).
+CANVAS_METHODS = ("mask_predict", "mask_predict_crf")
 AR_METHOD = "ar_greedy"
-ALL_METHODS = NAR_METHODS + (AR_METHOD,)
-MODEL_KINDS = ("NagBertModel", "ArSeq2SeqModel", "TaggerModel")
+ALL_METHODS = NAR_METHODS + CANVAS_METHODS + (AR_METHOD,)
+MODEL_KINDS = ("NagBertModel", "ArSeq2SeqModel", "TaggerModel", "CanvasModel")
 REQUEST_FIELDS = ("texts", "methods", "alpha")
 
 # ----------------------------------------------------------------- models
@@ -165,12 +168,13 @@ def _nar_has_crf(loaded: LoadedModel) -> bool:
 
 def _check_model_kinds(nar: LoadedModel, ar: Optional[LoadedModel]) -> None:
   from narlm import ar_models  # pylint: disable=g-import-not-at-top
+  from narlm import canvas  # pylint: disable=g-import-not-at-top
   from narlm import models  # pylint: disable=g-import-not-at-top
-  if not isinstance(nar.model, models.NagBertModel):
+  if not isinstance(nar.model, (models.NagBertModel, canvas.CanvasModel)):
     hint = (" (pass an AR run as --ar_model_dir)"
             if isinstance(nar.model, ar_models.ArSeq2SeqModel) else "")
     raise ValueError(f"--model_dir {nar.model_dir} holds a model of class "
-                     f"{nar.kind}; expected NagBertModel{hint}")
+                     f"{nar.kind}; expected NagBertModel or CanvasModel{hint}")
   if ar is not None and not isinstance(ar.model, ar_models.ArSeq2SeqModel):
     raise ValueError(f"--ar_model_dir {ar.model_dir} holds a model of class "
                      f"{ar.kind}; expected ArSeq2SeqModel")
@@ -234,9 +238,16 @@ class GenerationService:
         raise ValueError(f"max_tokens {limits.max_tokens} exceeds the {name} model's "
                          f"max_position_embeddings {positions}")
     self.unavailable: dict[str, str] = {}
+    run_name = os.path.basename(os.path.normpath(nar.model_dir))
+    is_canvas = nar.kind == "CanvasModel"
+    for m in (NAR_METHODS if is_canvas else CANVAS_METHODS):
+      self.unavailable[m] = (
+          f"method '{m}' needs a {'NAG-BERT' if is_canvas else 'canvas (mask-predict)'} run; "
+          f"the model in {run_name} is a {nar.kind}")
+    crf_methods = ("mask_predict_crf",) if is_canvas else ("viterbi", "ratio_first")
     if not _nar_has_crf(nar):
-      for m in ("viterbi", "ratio_first"):
-        self.unavailable[m] = (f"method '{m}' needs a CRF; the NAR model in {nar.model_dir} "
+      for m in crf_methods:
+        self.unavailable[m] = (f"method '{m}' needs a CRF; the NAR model in {run_name} "
                                "has none (USE_CRF = False)")
     if ar is None:
       self.unavailable[AR_METHOD] = (f"method '{AR_METHOD}' needs an autoregressive model: "

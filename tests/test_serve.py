@@ -694,3 +694,33 @@ def test_a_pretraining_run_is_served_and_fills_masks(tmp_path, data_dir):
   assert decoding.encode_with_mask_tokens(vocab, "no masks here") == list(vocab.encode("no masks here"))
   out = gen.generate(["the [MASK] sat on the [MASK]."], method="argmax")
   assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_a_canvas_run_is_served_with_its_refinement_methods(tmp_path, runs):
+  """A canvas (mask-predict) run as --model_dir: mask_predict and
+  mask_predict_crf are offered (with the run's ITERATIONS passes), NAG-BERT's
+  methods are refused with a reason, the AR model still pairs with it, and
+  no message carries an absolute path."""
+  run = str(tmp_path / "canvas")
+  gin_file = tmp_path / "canvas_tiny.gin"
+  gin_file.write_text("include 'narlm/gin/tiny_cpu.gin'\n"
+                      "include 'narlm/gin/models/canvas.gin'\n"
+                      "MODEL_SIZE = 'tiny'\nUSE_CRF = True\nCRF_BEAM_SIZE = 8\nITERATIONS = 2\n"
+                      "MAX_CANVAS_LENGTH = 30\n")
+  make_run(run, [str(gin_file)])
+  args = serve.parse_args(["--model_dir", run, "--ar_model_dir", runs["ar"], *SERVER_ARGS])
+  service = serve.build_service(args)
+  assert service.methods == ("mask_predict", "mask_predict_crf", "ar_greedy")
+  health = service.health()
+  assert health["models"]["nar"]["class"] == "CanvasModel"
+  assert "needs a NAG-BERT run" in health["unavailable"]["viterbi"]
+  assert str(tmp_path) not in json.dumps(health)
+  service.warm_up()
+  compiled = service.compiled_programs()
+  reply = service.generate({"texts": TEXTS})
+  assert [r["method"] for r in reply["results"]] == ["mask_predict", "mask_predict_crf",
+                                                     "ar_greedy"]
+  assert all(len(r["outputs"]) == len(TEXTS) for r in reply["results"])
+  assert service.compiled_programs() == compiled  # warm-up compiled everything
+  with pytest.raises(serve.RequestError, match="needs a NAG-BERT run"):
+    service.generate({"texts": TEXTS, "methods": ["viterbi"]})

@@ -7,6 +7,8 @@
     argmax: "argmax",
     viterbi: "CRF Viterbi",
     ratio_first: "ratio-first",
+    mask_predict: "mask-predict",
+    mask_predict_crf: "mask-predict + CRF",
     ar_greedy: "AR greedy",
   };
   const $ = (id) => document.getElementById(id);
@@ -43,8 +45,10 @@
   function renderMethods(h) {
     const box = $("methods");
     $("methods-loading").remove();
-    for (const method of ["argmax", "viterbi", "ratio_first", "ar_greedy"]) {
+    for (const method of Object.keys(LABELS)) {
       const available = h.methods.includes(method);
+      // A server runs either NAG-BERT's methods or the canvas model's: hide the other family.
+      if (!available && /needs a (NAG-BERT|canvas)/.test(h.unavailable[method] || "")) continue;
       const id = "method-" + method;
       const label = el("label", { for: id, class: available ? "" : "disabled" });
       const box_ = el("input", { type: "checkbox", id: id, value: method });
