@@ -139,3 +139,42 @@ class GeneratorModel:
     merged, report = hf_bert.merge_pretrained(params["bert"], loaded)
     logging.info("warm start from %s: %s", checkpoint, report)
     return dict(params, bert=merged)
+
+  def warm_start_from_run(self, params: PyTree, model_dir: str) -> PyTree:
+    """Overlays a narlm run's parameters (its best-validation checkpoint, else
+    the newest; e.g. a milestone-2 pretraining run) onto `params`.
+
+    Every array whose path exists in the run with the same shape and dtype is
+    copied bit for bit; arrays the run lacks (a new head, a CRF the
+    pretraining model had none of) keep their initial values; the run's
+    arrays the model lacks are ignored. Raises ValueError when a shared path
+    has a different shape or dtype (another model size or vocabulary) or
+    when nothing is shared.
+    """
+    import flax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from narlm import run_dirs  # pylint: disable=g-import-not-at-top
+    loaded = flax.traverse_util.flatten_dict(
+        flax.core.unfreeze(run_dirs.restore_params(model_dir)), sep="/")
+    ours = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    mismatched = [f"{k}: run {loaded[k].dtype}{list(loaded[k].shape)}, model "
+                  f"{ours[k].dtype}{list(ours[k].shape)}"
+                  for k in sorted(ours) if k in loaded and
+                  (tuple(loaded[k].shape) != tuple(ours[k].shape)
+                   or np.dtype(loaded[k].dtype) != np.dtype(ours[k].dtype))]
+    if mismatched:
+      raise ValueError(f"cannot warm-start from {model_dir}: {len(mismatched)} shared "
+                       f"parameter(s) differ (another model size or vocabulary?): "
+                       + "; ".join(mismatched[:4]))
+    copied = [k for k in ours if k in loaded]
+    if not copied:
+      raise ValueError(f"cannot warm-start from {model_dir}: the run shares no parameter "
+                       f"with this model (its top-level names: "
+                       f"{sorted({k.split('/')[0] for k in loaded})})")
+    merged = {k: (np.asarray(loaded[k]) if k in loaded else v) for k, v in ours.items()}
+    kept = sorted(k for k in ours if k not in loaded)
+    logging.info("warm start from the narlm run %s: %d arrays copied, %d kept at their "
+                 "initial values (%s), %d of the run's arrays unused", model_dir, len(copied),
+                 len(kept), ", ".join(kept[:6]) + (" ..." if len(kept) > 6 else ""),
+                 len(set(loaded) - set(ours)))
+    return flax.traverse_util.unflatten_dict(merged, sep="/")

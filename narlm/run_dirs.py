@@ -39,6 +39,12 @@ def _best_checkpoint_dir(model_dir: str):
   return _checkpoint_dir(model_dir).parent / "best_checkpoint"
 
 
+def is_run_dir(path: str) -> bool:
+  """True for a narlm run directory (it has a checkpoints/ folder)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return (epath.Path(path) / "checkpoints").is_dir()
+
+
 def best_checkpoint_step(model_dir: str) -> Optional[int]:
   """Step of the run's best-validation checkpoint, or None if it has none."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top

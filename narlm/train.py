@@ -41,6 +41,7 @@ from narlm import checksums
 from narlm import console
 from narlm import partitioning
 from narlm import t5x_checkpoints
+from narlm import run_dirs
 # Re-exported: narlm.train is the trainer's public face (gin binds
 # train_lib.*, tools import these from here).
 from narlm.run_dirs import (_append_jsonl, _best_checkpoint_dir, _checkpoint_dir,  # noqa: F401
@@ -483,7 +484,10 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   fresh = latest is None and not t5x_steps
   if fresh and init_checkpoint:
     params = jax.device_get(state["params"])
-    params = model.warm_start_from_hf_bert(params, init_checkpoint)
+    if run_dirs.is_run_dir(init_checkpoint):  # a narlm run, e.g. milestone 2's pretraining
+      params = model.warm_start_from_run(params, init_checkpoint)
+    else:  # a Hugging Face BERT folder
+      params = model.warm_start_from_hf_bert(params, init_checkpoint)
     state = trainer.put_params(state, params)
   start_step = int(jax.device_get(state["step"]))
   if process == 0:
