@@ -56,8 +56,8 @@ from narlm import losses
 from narlm import output_vocab as output_vocab_lib
 from narlm.model_base import Batch, GeneratorModel, PyTree, check_encoder_input
 from narlm.model_metrics import average_metric
-from narlm.modules.crf import DynamicCRF
 from narlm.modules.encoder import BertConfig, BertWithHead, Dense
+from narlm.modules.network import make_crf
 from narlm.output_vocab import OutputVocab
 
 SOURCE_SEGMENT, CANVAS_SEGMENT = 0, 1
@@ -108,13 +108,7 @@ class CanvasNetwork(nn.Module):
     self.length_head = Dense(self.num_length_classes, ("embed", "length_classes"),
                              kernel_init=nn.initializers.normal(self.config.initializer_range))
     if self.use_crf:
-      exempt = self.crf_self_transition_exempt_ids
-      if self.output_vocab is not None:
-        exempt = tuple(int(self.output_vocab.index_of(i)) for i in exempt)
-      self.crf = DynamicCRF(vocab_size=self.output_size, rank=self.crf_rank,
-                            beam_size=self.crf_beam_size, parallel=self.crf_parallel,
-                            self_transition=self.crf_self_transition,
-                            self_transition_exempt_ids=exempt)
+      self.crf = make_crf(self)
 
   def check_positions(self, source_length: int, canvas_width: int) -> None:
     limit = self.config.max_position_embeddings

@@ -12,6 +12,18 @@ from narlm.modules.encoder import BertConfig, BertWithHead
 from narlm.output_vocab import OutputVocab
 
 
+def make_crf(network: nn.Module) -> DynamicCRF:
+  """The DynamicCRF of a network with NagBertNetwork's ``crf_*`` fields,
+  ``output_size`` and ``output_vocab`` (exempt ids become output classes)."""
+  exempt = network.crf_self_transition_exempt_ids
+  if network.output_vocab is not None:  # CRF classes are subset indices
+    exempt = tuple(int(network.output_vocab.index_of(i)) for i in exempt)
+  return DynamicCRF(vocab_size=network.output_size, rank=network.crf_rank,
+                    beam_size=network.crf_beam_size, parallel=network.crf_parallel,
+                    self_transition=network.crf_self_transition,
+                    self_transition_exempt_ids=exempt)
+
+
 class NagBertNetwork(nn.Module):
   """Pure Flax network; `narlm.models.NagBertModel` is the glue around it.
 
@@ -52,13 +64,7 @@ class NagBertNetwork(nn.Module):
     self.bert = BertWithHead(self.config)
     self.dropout = nn.Dropout(rate=self.head_dropout)
     if self.use_crf:
-      exempt = self.crf_self_transition_exempt_ids
-      if self.output_vocab is not None:  # CRF classes are subset indices
-        exempt = tuple(int(self.output_vocab.index_of(i)) for i in exempt)
-      self.crf = DynamicCRF(vocab_size=self.output_size, rank=self.crf_rank,
-                            beam_size=self.crf_beam_size, parallel=self.crf_parallel,
-                            self_transition=self.crf_self_transition,
-                            self_transition_exempt_ids=exempt)
+      self.crf = make_crf(self)
 
   def __call__(self, input_tokens: jnp.ndarray, deterministic: bool = True,
                num_positions: Optional[int] = None) -> jnp.ndarray:
