@@ -64,6 +64,35 @@ TMP_MARKER = ".orbax-checkpoint-tmp"
 DEFAULT_ITEM = "default"
 _STEP_RE = re.compile(r"^\d+$")
 
+
+def _is_aborted_read_callback(unraisable) -> bool:
+  """A read of damaged files fails inside orbax; tensorstore's reads still in
+  flight then complete on its own threads and post their results to the
+  event loop orbax already closed. Python reports each as an unraisable
+  `RuntimeError('Event loop is closed')`: a traceback on stderr with nothing
+  lost (the read has already failed, and been reported by name)."""
+  exc = getattr(unraisable, "exc_value", None)
+  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _quiet_aborted_read_callbacks() -> None:
+  """Sends those reports to the log at DEBUG instead of the console (once per
+  process; every other unraisable exception still goes to the previous hook)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  previous = sys.unraisablehook
+  if getattr(previous, "_narlm_aborted_reads", False):
+    return
+
+  def hook(unraisable):
+    if _is_aborted_read_callback(unraisable):
+      logging.debug("orbax read aborted after a damaged checkpoint: late tensorstore "
+                    "callback (%r) dropped", unraisable.exc_value)
+    else:
+      previous(unraisable)
+
+  hook._narlm_aborted_reads = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be used; the message says which, where and why."""
 
@@ -324,6 +353,7 @@ def _read_arrays(root: epath.Path, step: int, item: str) -> dict[str, Any]:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = step_path(root, step) / item
+  _quiet_aborted_read_callbacks()
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
       metadata = checkpointer.metadata(path)
@@ -354,6 +384,7 @@ def read_params(root, step: int, item: str = DEFAULT_ITEM) -> Any:
   root = _root(root)
   _raise_if_damaged(root, step)
   path = step_path(root, step) / item
+  _quiet_aborted_read_callbacks()
   try:
     with ocp.PyTreeCheckpointer() as checkpointer:
       tree = checkpointer.metadata(path).item_metadata.tree
@@ -463,6 +494,7 @@ def restore(manager, step: int, target: Any) -> Any:
   warn_uncommitted(root)
   path = step_path(root, step)
   _raise_if_damaged(root, step)
+  _quiet_aborted_read_callbacks()
   try:
     mismatches = config_mismatches(root, step, target)
   except Exception as e:  # pylint: disable=broad-except  (unreadable metadata is damage)
