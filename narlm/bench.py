@@ -34,6 +34,10 @@ section is in narlm/bench_sections.py):
      head and the CRF, checked to return the same tokens. NagBertModel's
      ratio-first does the same since 2026-11-23, so the two time alike
      (docs/bench_small_cpu.json); it stays as an independent cross-check;
+   * ``canvas_t1``, ``canvas_t4``, ``canvas_t10`` (full preset): the canvas
+     model (narlm/canvas.py, no CRF) decoding with mask-predict at T = 1, 4
+     and 10 passes over a canvas as wide as the input (the refinement dial;
+     each cell records the passes run);
    * ``ar_greedy``: ArSeq2SeqModel's KV-cache greedy decoding
      (`narlm.ar_models.greedy_decode`), decoder as deep as the encoder;
    * ``ar_greedy_shallow``: the same with a 1-layer decoder (Kasai et al.).

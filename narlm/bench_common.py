@@ -43,8 +43,8 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
                  crf_tokens=512, encoder_batch=16, encoder_length=64, pipeline_batches=30,
                  crf_beam_size=64, cell_budget_s=30.0,
                  decode_methods=("nar_argmax", "nar_crf_viterbi", "nar_crf_ratio_first",
-                                 "nar_crf_ratio_first_truncated", "ar_greedy",
-                                 "ar_greedy_shallow"),
+                                 "nar_crf_ratio_first_truncated", "canvas_t1", "canvas_t4",
+                                 "canvas_t10", "ar_greedy", "ar_greedy_shallow"),
                  torch_attn_implementations=("sdpa", "eager"), torch_threads=(1, None),
                  compiled_init=True),
 }
@@ -67,7 +67,9 @@ SCHEMA = {
     "summary": [],
 }
 NAR_METHODS = ("nar_argmax", "nar_crf_viterbi", "nar_crf_ratio_first",
-               "nar_crf_ratio_first_truncated")
+               "nar_crf_ratio_first_truncated", "canvas_t1", "canvas_t4", "canvas_t10")
+# The canvas model's mask-predict contenders: name -> iterations T.
+CANVAS_ITERATIONS = {"canvas_t1": 1, "canvas_t4": 4, "canvas_t10": 10}
 AR_METHODS = ("ar_greedy", "ar_greedy_shallow")
 # Measured in every preset: the contenders of the headline speedups.
 REQUIRED_DECODE_METHODS = ("nar_argmax", "nar_crf_viterbi", "nar_crf_ratio_first", "ar_greedy")
@@ -119,6 +121,7 @@ class IdVocabulary:
   pad_id = PAD_ID
   eos_id = EOS_ID
   unk_id = 100
+  mask_id = 103  # [MASK], which the canvas model's decoding writes
 
   def __init__(self, size: int):
     self.vocab_size = size
@@ -277,6 +280,16 @@ def make_nar_model(size: str, vocab: int, *, use_crf: bool = True, beam: int = 6
   v = IdVocabulary(vocab)
   return models.NagBertModel(net, v, v, optimizer, decode_method="viterbi",
                              ratio_first_alpha=RATIO_FIRST_ALPHA)
+
+
+def make_canvas_model(size: str, vocab: int, max_canvas_length: int):
+  """The canvas model (narlm/canvas.py) without a CRF: its canvas holds
+  `max_canvas_length` output tokens, so an input of L tokens decodes an
+  L-token canvas when max_canvas_length >= L."""
+  from narlm import canvas  # pylint: disable=g-import-not-at-top
+  net = canvas.CanvasNetwork(bert_cfg(size, vocab), max_canvas_length=max_canvas_length)
+  v = IdVocabulary(vocab)
+  return canvas.CanvasModel(net, v, v, None, decode_method="mask_predict")
 
 
 def make_ar_model(size: str, vocab: int, num_decoder_layers: Optional[int]):

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from narlm.bench_common import (  # noqa: E402
     AR_METHODS,
+    CANVAS_ITERATIONS,
     NAR_METHODS,
     PAD_ID,
     RATIO_FIRST_ALPHA,
@@ -39,6 +40,7 @@ from narlm.bench_common import (  # noqa: E402
     load_avg,
     log,
     make_ar_model,
+    make_canvas_model,
     make_nar_model,
     numpy_params,
     param_shapes,
@@ -82,6 +84,17 @@ def nar_ratio_first_truncated_fn(model, alpha: float = RATIO_FIRST_ALPHA):
   return fn
 
 
+def canvas_fn(model, iterations: int):
+  """Mask-predict with T passes over a canvas as wide as the input (the
+  predicted length only masks positions: the work per pass is the canvas
+  width's, whatever the random parameters predict)."""
+  def fn(params, tokens):
+    return model.predict_batch_with_aux(params, {"encoder_input_tokens": tokens},
+                                        decode_method="mask_predict", iterations=iterations,
+                                        max_decode_length=tokens.shape[1])
+  return fn
+
+
 def ar_forced_fn(model):
   """KV-cache greedy decoding forced to L steps (eos_id = -1 never matches)."""
   from narlm import ar_models  # pylint: disable=g-import-not-at-top
@@ -104,6 +117,9 @@ DECODE_METHOD_DOCS = {
     "nar_crf_ratio_first_truncated": (
         "bench-local: ratio-first with the head and CRF run only on the first "
         "floor(alpha*L)+2 positions (a cross-check of the model's own truncation)"),
+    **{name: f"canvas model, predict_batch_with_aux(decode_method='mask_predict', "
+             f"iterations={t}), canvas width = input length"
+       for name, t in CANVAS_ITERATIONS.items()},
     "ar_greedy": "greedy_decode, KV cache, decoder layers = encoder layers",
     "ar_greedy_shallow": "greedy_decode, KV cache, 1 decoder layer",
 }
@@ -124,7 +140,7 @@ def decode_methods(p: Mapping[str, Any]) -> tuple[str, ...]:
 # The model each decode method runs.
 DECODE_MODEL = {"nar_argmax": "nar", "nar_crf_viterbi": "nar", "nar_crf_ratio_first": "nar",
                 "nar_crf_ratio_first_truncated": "nar", "ar_greedy": "ar",
-                "ar_greedy_shallow": "ar1"}
+                "ar_greedy_shallow": "ar1", **{name: "canvas" for name in CANVAS_ITERATIONS}}
 
 
 def decode_fn(name: str, models: Mapping[str, Any]) -> Callable:
@@ -132,6 +148,8 @@ def decode_fn(name: str, models: Mapping[str, Any]) -> Callable:
   model = models[DECODE_MODEL[name]]
   if name in AR_METHODS:
     return ar_forced_fn(model)
+  if name in CANVAS_ITERATIONS:
+    return canvas_fn(model, CANVAS_ITERATIONS[name])
   if name == "nar_crf_ratio_first_truncated":
     return nar_ratio_first_truncated_fn(model)
   return nar_predict_fn(model, {"nar_argmax": "argmax", "nar_crf_viterbi": "viterbi",
@@ -147,6 +165,8 @@ def prepare_decode(p: Mapping[str, Any], vocab: int, rng: np.random.Generator) -
             "ar": make_ar_model(size, vocab, None)}
   if "ar_greedy_shallow" in methods_run:
     models["ar1"] = make_ar_model(size, vocab, 1)
+  if any(name in CANVAS_ITERATIONS for name in methods_run):
+    models["canvas"] = make_canvas_model(size, vocab, max(p["lengths"]))
   # The programs are compiled for the parameters' shapes, so that they do not
   # wait for the (compiled) initializers, which are jobs of their own.
   abstract = {name: param_shapes(model) for name, model in models.items()}
@@ -209,6 +229,10 @@ def measure_decode(p: Mapping[str, Any], prep: Mapping[str, Any], done: Mapping[
       ref, trunc = outs["nar_crf_ratio_first"], outs["nar_crf_ratio_first_truncated"]
       cells[key]["truncated_matches_ratio_first"] = bool(
           np.array_equal(np.asarray(ref[0]), np.asarray(trunc[0])))
+    canvas_run = [name for name in fns if name in CANVAS_ITERATIONS]
+    if canvas_run:  # refinement passes each contender ran (T, counted by the model)
+      cells[key]["canvas_passes"] = {name: int(np.max(np.asarray(outs[name][1]["passes"])))
+                                     for name in canvas_run}
     cells[key].update({
         "ar_output_nonpad_fraction": float(np.mean(np.asarray(outs["ar_greedy"][0]) != 0)),
         "load_avg_start": la0, "load_avg_end": load_avg(),

@@ -115,7 +115,7 @@ def test_ratios_finite_and_positive(result):
 
 def test_full_preset_code_paths_at_toy_sizes(tmp_path, monkeypatch):
   """The full preset's contenders that --quick leaves out (truncated
-  ratio-first, shallow AR, eager attention, matched torch threads, CRF core
+  ratio-first, mask-predict at T = 1, 4, 10, shallow AR, eager attention, matched torch threads, CRF core
   cells, compiled initializers) run, at toy sizes."""
   toy = dict(bench.PRESETS["full"], size="tiny", vocab_size=1024, lengths=(16,), batches=(1,),
              crf_lengths=(8,), crf_full_beams=(4,), crf_core_beams=(4,), crf_tokens=16,
@@ -133,6 +133,8 @@ def test_full_preset_code_paths_at_toy_sizes(tmp_path, monkeypatch):
   # The bench-local truncated ratio-first must decode exactly like narlm's.
   assert cell["truncated_matches_ratio_first"] is True
   assert res["decode"]["ar_decoder_layers"]["ar_greedy_shallow"] == 1
+  # The canvas model's mask-predict contenders ran T passes each.
+  assert cell["canvas_passes"] == {"canvas_t1": 1, "canvas_t4": 4, "canvas_t10": 10}
   assert {"full", "core"} <= set(res["crf_forward"]["cells"]["T8_K4"])
   enc = res["encoder_vs_torch"]
   threads = bench.cpu_threads()
