@@ -254,16 +254,7 @@ class ArSeq2SeqModel(GeneratorModel):
     (default: the same shape) only sets the length of the dummy init pass.
     """
     del input_types
-    shape = tuple(input_shapes["encoder_input_tokens"])
-    if len(shape) != 2:
-      raise ValueError(f"encoder_input_tokens shape must be [batch, length], got {shape}")
-    target_shape = tuple(input_shapes.get("decoder_target_tokens", shape))
-    if len(target_shape) != 2 or target_shape[0] != shape[0]:
-      raise ValueError(f"decoder_target_tokens shape must be [batch={shape[0]}, length], "
-                       f"got {target_shape}")
-    params_rng, dropout_rng = jax.random.split(rng)
-    return self.module.init({"params": params_rng, "dropout": dropout_rng},
-                            jnp.ones(shape, jnp.int32), jnp.ones(target_shape, jnp.int32))
+    return self.init_variables(rng, input_shapes, with_targets=True)
 
   # ------------------------------------------------------------------ loss
   def _targets_and_weights(self, batch: Batch):

@@ -56,9 +56,8 @@ from narlm import losses
 from narlm import output_vocab as output_vocab_lib
 from narlm.model_base import Batch, GeneratorModel, PyTree, check_encoder_input
 from narlm.model_metrics import average_metric
-from narlm.modules.encoder import BertConfig, BertWithHead, Dense
-from narlm.modules.network import make_crf
-from narlm.output_vocab import OutputVocab
+from narlm.modules.encoder import BertWithHead, Dense
+from narlm.modules.network import OutputHeadNetwork, make_crf
 
 SOURCE_SEGMENT, CANVAS_SEGMENT = 0, 1
 MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf")
@@ -67,34 +66,19 @@ MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf")
 _CLAMP = -1e9
 
 
-class CanvasNetwork(nn.Module):
+class CanvasNetwork(OutputHeadNetwork):
   """BERT over ``[CLS] source [SEP] canvas [SEP]`` (see the module docstring).
 
-  Attributes:
-    config: encoder configuration.
+  Attributes: OutputHeadNetwork's (the head and the optional dynamic CRF over
+  the canvas; no CRF by default here), and
     max_canvas_length: the longest target (length classes are 0 .. this).
-    use_crf, crf_*: the dynamic CRF over the canvas, as NagBertNetwork's.
-    head_dropout: dropout before the output head.
-    output_vocab: restrict the output head (and the CRF) to these ids.
 
   Param tree: ``bert/{encoder, head}`` (NagBertNetwork's), ``length_head``
   (kernel [D, max_canvas_length + 1], axes ('embed', 'length_classes')),
   ``crf/`` when use_crf.
   """
-  config: BertConfig
-  max_canvas_length: int = 64
   use_crf: bool = False
-  crf_rank: int = 32
-  crf_beam_size: int = 64
-  crf_parallel: bool = False
-  crf_self_transition: bool = False
-  crf_self_transition_exempt_ids: tuple = ()
-  head_dropout: float = 0.0
-  output_vocab: Optional[OutputVocab] = None
-
-  @property
-  def output_size(self) -> int:
-    return self.config.vocab_size if self.output_vocab is None else self.output_vocab.size
+  max_canvas_length: int = 64
 
   @property
   def num_length_classes(self) -> int:
@@ -318,14 +302,8 @@ class CanvasModel(GeneratorModel):
   def get_initial_variables(self, rng: jax.Array, input_shapes: Mapping[str, tuple],
                             input_types: Optional[Mapping[str, Any]] = None) -> PyTree:
     del input_types
-    shape = tuple(input_shapes["encoder_input_tokens"])
-    if len(shape) != 2:
-      raise ValueError(f"encoder_input_tokens shape must be [batch, length], got {shape}")
-    target_shape = tuple(input_shapes.get("decoder_target_tokens", shape))
-    params_rng, dropout_rng = jax.random.split(rng)
-    return self.module.init({"params": params_rng, "dropout": dropout_rng},
-                            jnp.ones(shape, jnp.int32), jnp.ones(target_shape, jnp.int32),
-                            method=CanvasNetwork.initialize)
+    return self.init_variables(rng, input_shapes, with_targets=True,
+                               method=CanvasNetwork.initialize)
 
   # ------------------------------------------------------------------ loss
   def _apply(self, params, method, *args, dropout_rng=None, **kwargs):

@@ -113,6 +113,26 @@ class GeneratorModel:
     return functools.partial(NarFeatureConverter, eos_id=self.eos_id, pad_id=self.pad_id,
                              cls_id=cls_id, sep_id=sep_id)
 
+  def init_variables(self, rng: jax.Array, input_shapes: Mapping[str, tuple], *,
+                     with_targets: bool = False, method: Any = None) -> PyTree:
+    """`module.init` on int32 ones of ``input_shapes['encoder_input_tokens']``
+    [B, L] (and, `with_targets`, of ``'decoder_target_tokens'``, default
+    [B, L]) with 'params' and 'dropout' rngs: {'params', 'params_axes'}.
+    The body of every subclass's `get_initial_variables`."""
+    shape = tuple(input_shapes["encoder_input_tokens"])
+    if len(shape) != 2:
+      raise ValueError(f"encoder_input_tokens shape must be [batch, length], got {shape}")
+    inputs = [jnp.ones(shape, jnp.int32)]
+    if with_targets:
+      target_shape = tuple(input_shapes.get("decoder_target_tokens", shape))
+      if len(target_shape) != 2 or target_shape[0] != shape[0]:
+        raise ValueError(f"decoder_target_tokens shape must be [batch={shape[0]}, length], "
+                         f"got {target_shape}")
+      inputs.append(jnp.ones(target_shape, jnp.int32))
+    params_rng, dropout_rng = jax.random.split(rng)
+    return self.module.init({"params": params_rng, "dropout": dropout_rng}, *inputs,
+                            **({} if method is None else {"method": method}))
+
   def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
     return self.loss_fn(params, batch, dropout_rng=None)  # pytype: disable=attribute-error
 

@@ -92,13 +92,7 @@ class NagBertModel(GeneratorModel):
                             input_types: Optional[Mapping[str, Any]] = None) -> PyTree:
     """Returns {'params': ..., 'params_axes': ...} for a batch of `input_shapes`."""
     del input_types
-    shape = tuple(input_shapes["encoder_input_tokens"])
-    if len(shape) != 2:
-      raise ValueError(f"encoder_input_tokens shape must be [batch, length], got {shape}")
-    params_rng, dropout_rng = jax.random.split(rng)
-    variables = self.module.init({"params": params_rng, "dropout": dropout_rng},
-                                 jnp.ones(shape, jnp.int32), method=NagBertNetwork.initialize)
-    return variables
+    return self.init_variables(rng, input_shapes, method=NagBertNetwork.initialize)
 
   # ------------------------------------------------------------------ loss
   def _classes(self, token_ids):

@@ -170,12 +170,7 @@ class TaggerModel(GeneratorModel):
                             input_types: Optional[Mapping[str, Any]] = None) -> PyTree:
     """Returns {'params': ..., 'params_axes': ...} for a batch of `input_shapes`."""
     del input_types
-    shape = tuple(input_shapes["encoder_input_tokens"])
-    if len(shape) != 2:
-      raise ValueError(f"encoder_input_tokens shape must be [batch, length], got {shape}")
-    params_rng, dropout_rng = jax.random.split(rng)
-    return self.module.init({"params": params_rng, "dropout": dropout_rng},
-                            jnp.ones(shape, jnp.int32))
+    return self.init_variables(rng, input_shapes)
 
   # ------------------------------------------------------------------ loss
   def _log_probs(self, params, tokens, dropout_rng=None) -> jnp.ndarray:

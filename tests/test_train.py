@@ -437,24 +437,29 @@ def test_nonfinite_loss_under_python_m_is_one_line_no_traceback(tmp_path):
   assert 1 <= len(lines) <= 2 and "non-finite loss" in lines[0], proc.stderr[-3000:]
 
 
+def _tiny_cpu_model(*bindings: str):
+  """The model narlm/gin/tiny_cpu.gin builds under `bindings` (gin left clear)."""
+  import gin
+  from narlm import train
+  gin.clear_config()
+  try:
+    train.parse_gin(["narlm/gin/tiny_cpu.gin"], list(bindings))
+    return gin.query_parameter("%MODEL").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+
+
 def test_a_pretraining_run_warm_starts_fine_tuning_bit_equal(tmp_path, caplog):
   """Milestone 2 -> 1: INITIAL_CHECKPOINT may be a narlm run directory. Every
   parameter the two models share is copied bit for bit (the pretraining run's
   encoder, head and CRF); the fine-tuning run then trains from them."""
-  import gin
   import jax
   from narlm import train
   pretrain = tmp_path / "pretrain"
   run_in_process(pretrain, "--gin.TRAIN_STEPS=2", "--gin.CHECKPOINT_PERIOD=2",
                  "--gin.EVAL_PERIOD=0", "--gin.EVALUATOR_NUM_EXAMPLES=0")
   pretrained = train.restore_params(str(pretrain))
-  gin.clear_config()
-  try:
-    train.parse_gin(["narlm/gin/tiny_cpu.gin"], [f"MODEL_DIR = '{tmp_path / 'ft'}'",
-                                                 "RANDOM_SEED = 7"])
-    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
+  model = _tiny_cpu_model(f"MODEL_DIR = '{tmp_path / 'ft'}'", "RANDOM_SEED = 7")
   fresh = jax.device_get(model.get_initial_variables(
       jax.random.PRNGKey(7), {"encoder_input_tokens": (1, 8)})["params"])
   warm = model.warm_start_from_run(fresh, str(pretrain))
@@ -476,13 +481,8 @@ def test_a_pretraining_run_warm_starts_fine_tuning_bit_equal(tmp_path, caplog):
   assert f"warm start from the narlm run {pretrain}: " in caplog.text, [
       r.getMessage() for r in caplog.records if "warm" in r.getMessage()]
   # Another model size shares paths with other shapes: refused by name.
-  gin.clear_config()
-  try:
-    train.parse_gin(["narlm/gin/tiny_cpu.gin"], [f"MODEL_DIR = '{tmp_path / 'x'}'",
-                                                 "encoder.bert_config.hidden_size = 32"])
-    other = gin.query_parameter("%MODEL").scoped_configurable_fn()
-  finally:
-    gin.clear_config()
+  other = _tiny_cpu_model(f"MODEL_DIR = '{tmp_path / 'x'}'",
+                          "encoder.bert_config.hidden_size = 32")
   other_params = jax.device_get(other.get_initial_variables(
       jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 8)})["params"])
   with pytest.raises(ValueError, match="shared parameter\\(s\\) differ"):

@@ -12,20 +12,11 @@ from narlm.modules.encoder import BertConfig, BertWithHead
 from narlm.output_vocab import OutputVocab
 
 
-def make_crf(network: nn.Module) -> DynamicCRF:
-  """The DynamicCRF of a network with NagBertNetwork's ``crf_*`` fields,
-  ``output_size`` and ``output_vocab`` (exempt ids become output classes)."""
-  exempt = network.crf_self_transition_exempt_ids
-  if network.output_vocab is not None:  # CRF classes are subset indices
-    exempt = tuple(int(network.output_vocab.index_of(i)) for i in exempt)
-  return DynamicCRF(vocab_size=network.output_size, rank=network.crf_rank,
-                    beam_size=network.crf_beam_size, parallel=network.crf_parallel,
-                    self_transition=network.crf_self_transition,
-                    self_transition_exempt_ids=exempt)
-
-
-class NagBertNetwork(nn.Module):
-  """Pure Flax network; `narlm.models.NagBertModel` is the glue around it.
+class OutputHeadNetwork(nn.Module):
+  """What every network with NAG-BERT's output head shares: the encoder
+  configuration, the head (its dropout, an optional restricted output
+  vocabulary) and the optional dynamic CRF over its emissions. A base class
+  only (NagBertNetwork, narlm.canvas.CanvasNetwork); `make_crf` builds the CRF.
 
   Attributes:
     config: encoder configuration.
@@ -59,6 +50,25 @@ class NagBertNetwork(nn.Module):
   def output_size(self) -> int:
     """V': the number of output classes."""
     return self.config.vocab_size if self.output_vocab is None else self.output_vocab.size
+
+
+def make_crf(network: OutputHeadNetwork) -> DynamicCRF:
+  """The DynamicCRF of `network` (exempt ids become output classes)."""
+  exempt = network.crf_self_transition_exempt_ids
+  if network.output_vocab is not None:  # CRF classes are subset indices
+    exempt = tuple(int(network.output_vocab.index_of(i)) for i in exempt)
+  return DynamicCRF(vocab_size=network.output_size, rank=network.crf_rank,
+                    beam_size=network.crf_beam_size, parallel=network.crf_parallel,
+                    self_transition=network.crf_self_transition,
+                    self_transition_exempt_ids=exempt)
+
+
+class NagBertNetwork(OutputHeadNetwork):
+  """Pure Flax network; `narlm.models.NagBertModel` is the glue around it.
+
+  Output position i is predicted from hidden state i of ``[CLS] source
+  [SEP]``. Attributes: OutputHeadNetwork's.
+  """
 
   def setup(self):
     self.bert = BertWithHead(self.config)
