@@ -31,7 +31,12 @@ process by path, size and mtime) and
 `TextFileSource` (raw pretraining text, often scraped) is lenient: a line that
 is not valid UTF-8 is skipped, counted (`SOURCE_STATS['non_utf8_lines_skipped']`)
 and logged (the first 10 times); no files matching a split's patterns raises
-`FileNotFoundError` naming the patterns.
+`FileNotFoundError` naming the patterns. A file that yields no text at all
+(empty, blank, or every line too short or not UTF-8) is skipped with a
+warning naming it (`SOURCE_STATS['text_files_without_text']`), and a file
+most of whose lines are not UTF-8 (another encoding, or not text: a
+compressed or binary file) gets a warning naming it and the count, whatever
+else it yields: neither is ever tokenised as garbage.
 """
 
 import fnmatch
@@ -384,13 +389,35 @@ def _iter_text(path: str, mode: str, min_chars: int,
                max_chars: int = 100_000) -> Iterator[str]:
   """Yields paragraphs (blank-line separated, lines joined by a space; cut
   after `max_chars` so a file without blank lines is not one huge example) or
-  non-blank lines of one file; skips and counts non-UTF-8 lines."""
+  non-blank lines of one file; skips and counts non-UTF-8 lines, and warns
+  (naming the file) when it is mostly not UTF-8 or yields nothing."""
+  lines = bad_lines = yielded = 0
+  for text in _iter_text_unchecked(path, mode, min_chars, max_chars):
+    if isinstance(text, tuple):  # (lines read, lines not UTF-8), once, at the end
+      lines, bad_lines = text
+      continue
+    yielded += 1
+    yield text
+  if bad_lines and bad_lines * 2 > lines:
+    logging.warning("%s: %d of its %d lines are not valid UTF-8 (another encoding, or not a "
+                    "text file?); they were skipped", path, bad_lines, lines)
+  if not yielded:
+    SOURCE_STATS.add("text_files_without_text")
+    logging.warning("%s: no text in this file (%s); skipped", path,
+                    "empty" if not lines else
+                    f"{lines} line(s), none valid UTF-8 text of >= {min_chars} characters")
+
+
+def _iter_text_unchecked(path: str, mode: str, min_chars: int, max_chars: int):
+  """`_iter_text`'s reader; its last item is (lines read, lines not UTF-8)."""
   chunk, chunk_chars = [], 0
+  lineno = bad_lines = 0
   with _open(path) as f:
     for lineno, raw in enumerate(f, 1):
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
+        bad_lines += 1
         n = SOURCE_STATS.add("non_utf8_lines_skipped")
         if n <= 10:
           logging.warning("%s:%d: skipping line that is not valid UTF-8 (%s); "
@@ -414,6 +441,7 @@ def _iter_text(path: str, mode: str, min_chars: int,
     text = " ".join(chunk)
     if len(text) >= min_chars:
       yield text
+  yield (lineno, bad_lines)
 
 
 class TextFileSource(seqio.DataSource):

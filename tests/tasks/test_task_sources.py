@@ -182,3 +182,25 @@ def test_raw_lines_match_a_binary_python_file(tmp_path, block):
       got = list(f)
     with open(path, "rb") as f:
       assert got == list(f), (data[:20], block)
+
+
+def test_text_source_names_empty_and_binary_files(tmp_path, caplog):
+  """A corrupted or empty pretraining file is reported with its path and
+  skipped; it never reaches the tokenizer as garbage."""
+  import gzip
+  import logging
+  sources.SOURCE_STATS.reset()
+  _write(tmp_path / "good.txt", b"A real paragraph of text.\n")
+  _write(tmp_path / "empty.txt", b"")
+  _write(tmp_path / "blank.txt", b"\n  \n\n")
+  _write(tmp_path / "packed.txt", gzip.compress(bytes(range(256)) * 64, mtime=0))
+  src = sources.TextFileSource({"train": "*.txt"}, base_dir=str(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    texts = [ex["text"] for ex in _read(src.get_dataset("train", shuffle=False))]
+  assert "A real paragraph of text." in texts
+  log = caplog.text
+  assert f"{tmp_path / 'empty.txt'}: no text in this file (empty); skipped" in log
+  assert f"{tmp_path / 'blank.txt'}: no text in this file (3 line(s)" in log
+  assert f"{tmp_path / 'packed.txt'}: " in log and "are not valid UTF-8" in log
+  assert "good.txt" not in log
+  assert sources.SOURCE_STATS["text_files_without_text"] >= 2
