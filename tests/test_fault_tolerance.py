@@ -394,6 +394,7 @@ class Job:
     return attempt
 
 
+@pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass
 # -------------------------------------------------------------------- tests
 def test_sigterm_saves_exits_cleanly_and_resumes(tmp_path, data_dir, jax_cache, reference, runs):
   env = trainer_env(data_dir, jax_cache)
@@ -435,6 +436,7 @@ def _kill_job(tmp_path, data_dir, jax_cache, reference, runs, plan, seed):
   return job, counts
 
 
+@pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass
 def test_sigkill_during_checkpoint_write_resumes_from_last_complete(
     tmp_path, data_dir, jax_cache, reference, runs):
   """Kill while step 4 is being written: step 4's tmp dir is left behind,

@@ -113,6 +113,7 @@ def test_output_vocab_maps_ids_and_classes():
     ov.from_ids([12], vocab_size=12, unk_id=2)
 
 
+@pytest.mark.slow  # ~18 s: CI's slow pass
 def test_full_output_vocab_equals_the_unrestricted_model():
   """With every id as an output class the restricted path (gathered head,
   class mapping) must reproduce the plain model's loss and decodes."""

@@ -79,6 +79,7 @@ def test_accumulated_micro_batches_update_like_the_whole_batch(loss_normalizing_
   assert len(set(full_losses)) == 3  # the loss moves from step to step
 
 
+@pytest.mark.slow  # ~60 s: CI's slow pass
 def test_equal_weighting_of_micro_batch_means_would_be_caught():
   """The deliberate break: averaging the two micro-batches' per-token means
   (what narlm did before) gives a gradient far from the whole batch's, far

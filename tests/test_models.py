@@ -135,7 +135,7 @@ def sentcomp_pairs(data_dir: pathlib.Path, n=64, length=48):
   return {k: jnp.asarray(v) for k, v in batch.items()}, len(compact) + 2
 
 
-@pytest.mark.parametrize("use_crf", [True, False])
+@pytest.mark.parametrize("use_crf", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_tiny_model_overfits_64_sentence_compression_pairs(data_dir, use_crf):
   batch, vocab_size = sentcomp_pairs(data_dir)
   config = encoder.bert_config("tiny", vocab_size, hidden_size=128, intermediate_size=256,

@@ -97,6 +97,7 @@ def test_score_outputs_counts_mixing_and_length():
   assert mm.score_outputs(CFG, short, *args)['validity'] == 0.0
 
 
+@pytest.mark.slow  # ~25 s: CI's slow pass
 def test_beam_crf_fixes_mixing_of_argmax(tmp_path):
   out = tmp_path / 'mm.json'
   result = mm.main(['--steps', '150', '--seeds', '1', '--eval-size', '256',

@@ -25,7 +25,11 @@ def test_every_experiment_gin_is_tested():
   assert shipped == set(CPU_EXPERIMENTS) | set(FULL_EXPERIMENTS), shipped
 
 
-@pytest.mark.parametrize("gin_file", CPU_EXPERIMENTS)
+# The README's main job runs in the default suite; the other CPU experiments
+# (~20-40 s each) in CI's slow pass.
+@pytest.mark.parametrize("gin_file", [
+    g if g == "quickstart_cpu.gin" else pytest.param(g, marks=pytest.mark.slow)
+    for g in CPU_EXPERIMENTS])
 def test_cpu_experiment_runs_one_step(tmp_path, gin_file):
   metrics = run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *FAST,
                            gin_file=f"narlm/gin/{gin_file}")
@@ -196,6 +200,7 @@ def test_malformed_and_missing_gin_files(tmp_path):
   assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+@pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path):
   from narlm import train
   with pytest.raises(train.TrainingError, match="non-finite loss .* at step (\\d+)") as info:
@@ -262,6 +267,7 @@ def test_cpu_budget_counts_cpu_time_logged_before_a_resume(tmp_path):
     run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", "--gin.MAX_TRAIN_CPU_SECONDS=0", *FAST)
 
 
+@pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass
 def test_console_shows_progress_for_people_and_the_log_file_keeps_the_rest(tmp_path):
   run = tmp_path / "run"
   proc = run_subprocess(run, "--gin.TRAIN_STEPS=4", *FAST, "--gin.LOG_PERIOD=2")
@@ -317,6 +323,7 @@ def test_prefetch_to_device_keeps_order_and_runs_ahead():
     next(train.prefetch_to_device(iter(range(3)), put, size=-1))
 
 
+@pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass
 def test_resume_with_a_changed_config_is_a_config_error_not_damage(tmp_path):
   """A changed CRF_RANK (the probe of the reliability issue) used to be called
   'damaged' with advice to move good checkpoints aside: orbax's shape-mismatch
@@ -393,6 +400,7 @@ def test_an_empty_task_is_a_clear_error_not_stop_iteration(tmp_path, src, tgt):
     seqio.TaskRegistry.remove(name)
 
 
+@pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass
 def test_a_read_only_model_dir_is_a_clear_error(tmp_path):
   """Issue #13 probe 3d: a MODEL_DIR that cannot be written is a user error:
   exit status 2 and a short message naming the directory, no traceback."""
@@ -422,6 +430,7 @@ def test_a_read_only_model_dir_is_a_clear_error(tmp_path):
     locked.chmod(0o755)
 
 
+@pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass
 def test_nonfinite_loss_under_python_m_is_one_line_no_traceback(tmp_path):
   """Issue #13 probe 3e: under `python -m narlm.train` train.py is __main__,
   while the gin-configured train() raises narlm.train.TrainingError: the
@@ -449,6 +458,7 @@ def _tiny_cpu_model(*bindings: str):
     gin.clear_config()
 
 
+@pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass
 def test_a_pretraining_run_warm_starts_fine_tuning_bit_equal(tmp_path, caplog):
   """Milestone 2 -> 1: INITIAL_CHECKPOINT may be a narlm run directory. Every
   parameter the two models share is copied bit for bit (the pretraining run's
