@@ -131,7 +131,7 @@ class GeneratorModel:
       inputs.append(jnp.ones(target_shape, jnp.int32))
     params_rng, dropout_rng = jax.random.split(rng)
     return self.module.init({"params": params_rng, "dropout": dropout_rng}, *inputs,
-                            **({} if method is None else {"method": method}))
+                            method=method)
 
   def eval_fn(self, params: PyTree, batch: Batch) -> tuple[jnp.ndarray, MutableMapping[str, Any]]:
     return self.loss_fn(params, batch, dropout_rng=None)  # pytype: disable=attribute-error

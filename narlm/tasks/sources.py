@@ -391,13 +391,12 @@ def _iter_text(path: str, mode: str, min_chars: int,
   after `max_chars` so a file without blank lines is not one huge example) or
   non-blank lines of one file; skips and counts non-UTF-8 lines, and warns
   (naming the file) when it is mostly not UTF-8 or yields nothing."""
-  lines = bad_lines = yielded = 0
-  for text in _iter_text_unchecked(path, mode, min_chars, max_chars):
-    if isinstance(text, tuple):  # (lines read, lines not UTF-8), once, at the end
-      lines, bad_lines = text
-      continue
+  counts = {"lines": 0, "bad_lines": 0}
+  yielded = 0
+  for text in _iter_text_unchecked(path, mode, min_chars, max_chars, counts):
     yielded += 1
     yield text
+  lines, bad_lines = counts["lines"], counts["bad_lines"]
   if bad_lines and bad_lines * 2 > lines:
     logging.warning("%s: %d of its %d lines are not valid UTF-8 (another encoding, or not a "
                     "text file?); they were skipped", path, bad_lines, lines)
@@ -408,16 +407,18 @@ def _iter_text(path: str, mode: str, min_chars: int,
                     f"{lines} line(s), none valid UTF-8 text of >= {min_chars} characters")
 
 
-def _iter_text_unchecked(path: str, mode: str, min_chars: int, max_chars: int):
-  """`_iter_text`'s reader; its last item is (lines read, lines not UTF-8)."""
+def _iter_text_unchecked(path: str, mode: str, min_chars: int, max_chars: int,
+                         counts: dict) -> Iterator[str]:
+  """`_iter_text`'s reader; counts['lines'] / counts['bad_lines'] (not UTF-8)
+  are kept up to date as it reads."""
   chunk, chunk_chars = [], 0
-  lineno = bad_lines = 0
   with _open(path) as f:
     for lineno, raw in enumerate(f, 1):
+      counts["lines"] = lineno
       try:
         line = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        bad_lines += 1
+        counts["bad_lines"] += 1
         n = SOURCE_STATS.add("non_utf8_lines_skipped")
         if n <= 10:
           logging.warning("%s:%d: skipping line that is not valid UTF-8 (%s); "
@@ -441,7 +442,6 @@ def _iter_text_unchecked(path: str, mode: str, min_chars: int, max_chars: int):
     text = " ".join(chunk)
     if len(text) >= min_chars:
       yield text
-  yield (lineno, bad_lines)
 
 
 class TextFileSource(seqio.DataSource):
