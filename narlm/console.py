@@ -180,8 +180,12 @@ def format_duration(seconds: float) -> str:
 
 
 def progress_line(step: int, total: int, metrics: Mapping[str, float], steps_per_sec: float,
-                  remaining_steps: int) -> str:
-  """'step  25/125 (20%)  loss 3.646  tok-acc 0.41  0.13 steps/s  ETA 12m50s'."""
+                  remaining_steps: int, budget_eta_seconds: Optional[float] = None) -> str:
+  """'step  25/125 (20%)  loss 3.646  tok-acc 0.41  0.13 steps/s  ETA 12m50s'.
+
+  `budget_eta_seconds`: when a compute budget (MAX_TRAIN_CPU_SECONDS) will
+  stop the run before its last step, the wall time left until it does; the
+  ETA is then that, marked '(CPU budget)'."""
   width = len(str(total))
   parts = [f"step {step:>{width}}/{total} ({100 * step // max(total, 1):>3d}%)"]
   if "train/loss" in metrics:
@@ -190,7 +194,11 @@ def progress_line(step: int, total: int, metrics: Mapping[str, float], steps_per
     parts.append(f"tok-acc {metrics['train/token_accuracy']:.2f}")
   parts.append(f"{steps_per_sec:.2f} steps/s")
   if steps_per_sec > 0 and remaining_steps > 0:
-    parts.append(f"ETA {format_duration(remaining_steps / steps_per_sec)}")
+    eta = remaining_steps / steps_per_sec
+    if budget_eta_seconds is not None and 0 <= budget_eta_seconds < eta:
+      parts.append(f"ETA {format_duration(budget_eta_seconds)} (CPU budget)")
+    else:
+      parts.append(f"ETA {format_duration(eta)}")
   return "  ".join(parts)
 
 

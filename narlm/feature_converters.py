@@ -13,7 +13,10 @@ Model features, all of length `L = max(inputs_length, targets_length)`:
                          [SEP]`, so target token y1 is predicted from the [CLS]
                          position and the source counts n = m + 2 positions
   decoder_target_tokens  targets[:T] + [eos, eos], right-padded with pad_id
-  decoder_loss_weights   1.0 on the real target tokens and both eos, else 0.0
+  decoder_loss_weights   1.0 on the real target tokens and both eos, else 0.0;
+                         a task feature `targets_loss_weights` (one float per
+                         target token; plain MLM's selected positions) replaces
+                         the 1.0s of the target tokens, and the eos get 0.0
 
 with `T = min(targets_length, L - 2)` real target tokens, so the two eos always
 fit. Empty targets become `[eos, eos]`.
@@ -244,11 +247,17 @@ class NarFeatureConverter(seqio.FeatureConverter):
         inputs = tf.concat([tf.constant([framing[0]], tf.int32), inputs,
                             tf.constant([framing[1]], tf.int32)], axis=0)
       targets = tf.concat([targets, tf.constant([eos, eos], tf.int32)], axis=0)
+      if "targets_loss_weights" in ex:  # plain MLM: loss on the selected positions
+        weights = tf.cast(ex["targets_loss_weights"], tf.float32)
+        weights = tf.concat([weights[:tf.size(targets) - 2], [0.0, 0.0]], axis=0)
+        tf.debugging.assert_equal(tf.size(weights), tf.size(targets), message=(
+            "targets_loss_weights must have one weight per target token"))
+      else:
+        weights = tf.ones_like(targets, tf.float32)
       out = {
           "encoder_input_tokens": pad_to_length(inputs, pad),
           "decoder_target_tokens": pad_to_length(targets, pad),
-          "decoder_loss_weights": pad_to_length(
-              tf.ones_like(targets, tf.float32), 0.0),
+          "decoder_loss_weights": pad_to_length(weights, 0.0),
       }
       for name in self._passthrough_features:
         out[name] = ex[name]

@@ -111,14 +111,16 @@ def from_task(task_name: str, split: str = "train", min_count: int = 1,
 
 
 def task_coverage(output_vocab: OutputVocab, task_name: str,
-                  split: str = "validation") -> tuple[int, int]:
+                  split: str = "validation", max_examples: int = 5000) -> tuple[int, int]:
   """(target tokens of `split` outside `output_vocab`, all target tokens),
   pads not counted (source-aligned targets are mostly pad): what a model
-  restricted to it can never produce on that split."""
+  restricted to it can never produce on that split. Reads at most
+  `max_examples` examples: a mixture's dataset repeats without end."""
   from narlm import tasks  # pylint: disable=g-import-not-at-top
   task = tasks.get_task_or_mixture(task_name)
   outside = total = 0
-  for ex in task.get_dataset(sequence_length=None, split=split, shuffle=False).as_numpy_iterator():
+  dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False)
+  for ex in dataset.take(max_examples).as_numpy_iterator():
     ids = ex["targets"]
     ids = ids[ids != 0]
     outside += int((~np.isin(ids, output_vocab.ids)).sum())

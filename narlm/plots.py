@@ -40,6 +40,8 @@ import pathlib
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
+
 # NAR methods in the order narlm.bench measures them (not imported from
 # narlm.bench, which would import JAX); methods not listed here are plotted
 # after these, in file order.
@@ -259,6 +261,74 @@ def plot_quality_vs_latency(quality: Mapping[str, Any], out_path: str | os.PathL
     ax.set_title(task)
     ax.grid(True, which="both", alpha=0.3)
   fig.suptitle("Quality vs latency")
+  return _save(fig, out_path)
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+  try:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  except OSError as e:
+    raise PlotInputError(f"{path}: cannot read ({e.strerror or e})") from e
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if line.strip():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise PlotInputError(f"{path}:{number}: not JSON ({e.msg})") from e
+  return rows
+
+
+def training_curve(run_dir: str | os.PathLike, metric: str,
+                   cpu_offset: float = 0.0) -> list[tuple[float, float]]:
+  """[(training CPU seconds, value)] of a narlm run directory's evaluations.
+
+  `metric` is a key of MODEL_DIR/validation_curve.jsonl (e.g. 'eval/loss',
+  'sentcomp_bert/rougeL') or, prefixed 'train/', of train_metrics.jsonl. The
+  CPU seconds at an evaluation's step are interpolated from
+  train_metrics.jsonl's 'train/cpu_seconds' (the trainer's compute budget
+  clock); `cpu_offset` is added (e.g. the pretraining run's CPU seconds, to
+  put fine-tuning on a total-compute axis).
+  """
+  run_dir = pathlib.Path(run_dir)
+  train = [r for r in _read_jsonl(run_dir / "train_metrics.jsonl") if "train/cpu_seconds" in r]
+  if not train:
+    raise PlotInputError(f"{run_dir / 'train_metrics.jsonl'}: no 'train/cpu_seconds' rows")
+  steps = [float(r["step"]) for r in train]
+  cpu = [float(r["train/cpu_seconds"]) for r in train]
+  source = run_dir / ("train_metrics.jsonl" if metric.startswith("train/")
+                      else "validation_curve.jsonl")
+  rows = train if metric.startswith("train/") else _read_jsonl(source)
+  points = []
+  for row in rows:
+    if metric in row:
+      value = _number(row, [metric], str(source))
+      at = float(np.interp(float(row["step"]), [0.0] + steps, [0.0] + cpu))
+      points.append((at + cpu_offset, value))
+  if not points:
+    raise PlotInputError(f"{source}: no row has '{metric}'")
+  return points
+
+
+def plot_training_curves(panels: Mapping[str, Mapping[str, Any]],
+                         out_path: str | os.PathLike) -> pathlib.Path:
+  """One panel per entry of `panels`: {title: {"metric": key, "ylabel": str,
+  "runs": {label: (run_dir, cpu_offset)}, "hlines": {label: value}}}, x =
+  training CPU seconds (plus each run's offset); returns the PNG's path."""
+  fig, axes = _figure(len(panels), width_per_panel=6.0)
+  for ax, (title, panel) in zip(axes, panels.items()):
+    for label, (run_dir, offset) in panel["runs"].items():
+      xs, ys = zip(*training_curve(run_dir, panel["metric"], offset))
+      ax.plot(xs, ys, marker=".", label=label)
+    for label, value in panel.get("hlines", {}).items():
+      ax.axhline(value, linestyle="--", linewidth=1, color="grey")
+      ax.annotate(label, (0.01, value), xycoords=("axes fraction", "data"),
+                  textcoords="offset points", xytext=(0, 3), fontsize="small", color="grey")
+    ax.set_xlabel("training CPU seconds")
+    ax.set_ylabel(panel.get("ylabel", panel["metric"]))
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
   return _save(fig, out_path)
 
 

@@ -26,11 +26,9 @@ import dataclasses
 import errno
 import logging
 import os
-import re
 import signal
 import sys
 import time
-import tokenize
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -51,6 +49,9 @@ from narlm.train_data import (bucket_by_length, get_dataset, get_task_or_mixture
                               prefetch_to_device, vocabulary_mismatches)
 from narlm.train_eval import (BestTracker, _check_output_vocab_coverage, _run_eval,  # noqa: F401
                               evaluate_with_metrics)
+from narlm.train_step import DROPOUT_STREAM, Trainer, dropout_root_key  # noqa: F401
+from narlm.train_config import (_bound_model_dir, check_macro_bindings_are_used,  # noqa: F401
+                                parse_gin, split_gin_args, write_config)
 
 PyTree = Any
 
@@ -111,186 +112,6 @@ class DistributedConfig:
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
   local_device_ids: Optional[Sequence[int]] = None
-
-
-# -------------------------------------------------------------------- state
-def dropout_root_key(seed: int) -> jax.Array:
-  """The root of the dropout stream (step s uses fold_in(root, s)).
-
-  Derived from PRNGKey(seed) by a fold_in with a fixed tag, so it is never
-  the init key of another seed (PRNGKey(seed + 1) once was)."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed), DROPOUT_STREAM)
-
-
-DROPOUT_STREAM = 0x64726F70  # "drop"
-
-
-class Trainer:
-  """Holds the mesh, shardings, jitted steps and the train state."""
-
-  def __init__(self, model, *, num_model_partitions: int = 1,
-               logical_axis_rules: Optional[partitioning.LogicalRules] = None,
-               grad_accum_steps: int = 1, seed: int = 0):
-    if model.optimizer_def is None:
-      raise ValueError("the model has no optimizer_def; bind "
-                       "NagBertModel.optimizer_def = @optimizers.create_optimizer()")
-    if grad_accum_steps < 1:
-      raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
-    self.model = model
-    self.optimizer = model.optimizer_def
-    self.rules = list(logical_axis_rules or partitioning.standard_logical_axis_rules())
-    self.mesh = partitioning.create_mesh(num_model_partitions)
-    self.grad_accum_steps = grad_accum_steps
-    self.seed = seed
-    self.state_shardings = None
-    self._train_step = None
-    self._eval_step = None
-    self._predict: dict[tuple, Any] = {}
-
-  # -- initialisation
-  def _init_fn(self, batch_shape: tuple[int, int]):
-    input_shapes = {"encoder_input_tokens": batch_shape}
-
-    def init(r):
-      params = self.model.get_initial_variables(r, input_shapes)["params"]
-      return {"step": jnp.zeros((), jnp.int32), "params": params,
-              "opt_state": self.optimizer.init(params)}
-    return init
-
-  def _set_shardings(self, batch_shape: tuple[int, int]) -> None:
-    """state_shardings from the parameters' logical axis names (shapes only)."""
-    rng = jax.random.PRNGKey(self.seed)
-    input_shapes = {"encoder_input_tokens": batch_shape}
-    abstract = jax.eval_shape(lambda r: self.model.get_initial_variables(r, input_shapes), rng)
-    if "params_axes" not in abstract:
-      raise ValueError("the model's variables have no 'params_axes': every parameter needs "
-                       "logical axis names")
-    logical = partitioning.logical_param_specs(abstract["params_axes"])
-    partitioning.check_params_have_axes(abstract["params"], logical)
-    self.logical_param_specs = logical
-    param_shardings = partitioning.param_shardings(logical, self.mesh, self.rules)
-    opt_shardings = partitioning.optimizer_state_shardings(
-        self.optimizer, abstract["params"], param_shardings, self.mesh)
-    self.state_shardings = {
-        "step": partitioning.replicated(self.mesh),
-        "params": param_shardings,
-        "opt_state": opt_shardings,
-    }
-
-  def init_state(self, batch_shape: tuple[int, int]) -> PyTree:
-    """Sharded {'step', 'params', 'opt_state'} from a fresh initialisation."""
-    self._set_shardings(batch_shape)
-    with self.mesh:
-      return jax.jit(self._init_fn(batch_shape), out_shardings=self.state_shardings)(
-          jax.random.PRNGKey(self.seed))
-
-  def abstract_state(self, batch_shape) -> PyTree:
-    """ShapeDtypeStructs with shardings (the orbax restore target); allocates
-    nothing, so a resume restores straight into the sharded state."""
-    if self.state_shardings is None:
-      self._set_shardings(batch_shape)
-    shapes = jax.eval_shape(self._init_fn(batch_shape), jax.random.PRNGKey(self.seed))
-    return jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-        self.state_shardings)
-
-  def put_params(self, state: PyTree, params: PyTree) -> PyTree:
-    """Replaces the parameters (e.g. warm start), laid out as the rules say."""
-    params = jax.device_put(params, self.state_shardings["params"])
-    return dict(state, params=params)
-
-  # -- steps
-  def _grads(self, params, batch, rng):
-    """(loss, clu metrics, gradients) of one optimizer step's batch.
-
-    With grad_accum_steps = k the batch is split into k micro-batches and the
-    result is exactly that of the whole batch (up to float rounding): with a
-    constant `loss_normalizing_factor` the micro-batch losses and gradients
-    are summed (what t5x's trainer does); with the default per-token
-    normalisation each micro-batch's mean is weighted by its share of the
-    batch's real tokens (the model reports them as NORMALIZER_METRIC), since
-    averaging micro-batch means equally would over-weight short micro-batches.
-    """
-    def loss(p, b, r):
-      return self.model.loss_fn(p, b, r)
-
-    if self.grad_accum_steps == 1:
-      (l, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params, batch, rng)
-      return l, metrics, grads
-    k = self.grad_accum_steps
-    micro = jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
-    per_token = getattr(self.model, "loss_normalizing_factor", None) is None
-    normalizer_metric = getattr(self.model, "NORMALIZER_METRIC", "num_tokens")
-
-    def body(carry, xs):
-      b, i = xs
-      (l, m), g = jax.value_and_grad(loss, has_aux=True)(params, b, jax.random.fold_in(rng, i))
-      if per_token:
-        if normalizer_metric not in m:
-          raise KeyError(f"gradient accumulation needs the model's loss_fn to report its "
-                         f"normaliser as metric {normalizer_metric!r} (got {sorted(m)})")
-        weight = m[normalizer_metric].total.astype(jnp.float32)
-      else:
-        weight = jnp.float32(1.0)
-      acc_g, acc_l, acc_w = carry
-      acc_g = jax.tree_util.tree_map(lambda a, x: a + weight * x, acc_g, g)
-      return (acc_g, acc_l + weight * l, acc_w + weight), m
-
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    (grads, total_loss, total_weight), stacked = jax.lax.scan(
-        body, (zeros, jnp.float32(0.0), jnp.float32(0.0)), (micro, jnp.arange(k)))
-    if per_token:  # sum_m N_m * S_m / N_m / sum_m N_m = S / N, as for the whole batch
-      total_weight = jnp.maximum(total_weight, 1.0)
-      grads = jax.tree_util.tree_map(lambda g: g / total_weight, grads)
-      total_loss = total_loss / total_weight
-    # clu Average metrics are (total, count) pytrees: summing the stacked
-    # micro-batch values merges them exactly.
-    metrics = jax.tree_util.tree_map(lambda x: x.sum(axis=0), stacked)
-    return total_loss, metrics, grads
-
-  def train_step(self, state, batch):
-    import optax  # pylint: disable=g-import-not-at-top
-    rng = jax.random.fold_in(dropout_root_key(self.seed), state["step"])
-    loss, metrics, grads = self._grads(state["params"], batch, rng)
-    updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = {k: v.compute() for k, v in metrics.items()}
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["loss"] = loss
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
-
-  def compiled_train_step(self):
-    if self._train_step is None:
-      batch_sharding = partitioning.data_sharding(self.mesh)
-      self._train_step = jax.jit(
-          self.train_step, in_shardings=(self.state_shardings, batch_sharding),
-          out_shardings=(self.state_shardings, partitioning.replicated(self.mesh)),
-          donate_argnums=(0,))
-    return self._train_step
-
-  def compiled_eval_step(self):
-    if self._eval_step is None:
-      def eval_step(params, batch):
-        _, metrics = self.model.eval_fn(params, batch)
-        return metrics
-      self._eval_step = jax.jit(
-          eval_step, in_shardings=(self.state_shardings["params"],
-                                   partitioning.data_sharding(self.mesh)))
-    return self._eval_step
-
-  def compiled_predict(self, decode_items: tuple = ()):
-    """jitted predict_batch_with_aux, one per decoding configuration."""
-    if decode_items not in self._predict:
-      kwargs = dict(decode_items)
-      self._predict[decode_items] = jax.jit(
-          lambda p, b: self.model.predict_batch_with_aux(p, b, **kwargs))
-    return self._predict[decode_items]
-
-  def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> Mapping[str, jax.Array]:
-    """Per-host numpy batch -> global arrays split over the 'data' axis."""
-    sharding = partitioning.data_sharding(self.mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items()}
 
 
 # --------------------------------------------------------------------- eval
@@ -567,9 +388,13 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
         if process == 0:
           _append_jsonl(os.path.join(model_dir, "train_metrics.jsonl"),
                         {"step": step, **last_metrics})
+          budget_eta = None
+          if max_train_cpu_seconds is not None:
+            cpu_per_wall = (cpu_seconds() - cpu_spent_before) / max(time.time() - t0, 1e-9)
+            budget_eta = max(max_train_cpu_seconds - cpu_seconds(), 0.0) / max(cpu_per_wall, 1e-9)
           console.say(console.progress_line(step, train_steps, last_metrics,
                                             last_metrics["train/steps_per_sec"],
-                                            end_step - step))
+                                            end_step - step, budget_eta))
       if checkpoint_due:
         save(step)
       if eval_due:
@@ -652,88 +477,6 @@ def _print_header(model, params, data_cfg: DatasetConfig, train_steps: int, star
 
 
 # --------------------------------------------------------------------- main
-def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str],
-              search_paths: Sequence[str] = ()) -> None:
-  """Parses gin with clear errors for missing files and bad syntax.
-
-  Experiment files are shared with t5x's trainer: their includes of t5x's
-  run gins resolve to narlm's (narlm/gin_includes.py), and a t5x-only binding
-  or a macro under its old narlm name is refused with a message naming it.
-  """
-  import gin  # pylint: disable=g-import-not-at-top
-  from narlm import gin_includes  # pylint: disable=g-import-not-at-top
-  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for path in [here, os.getcwd(), *search_paths]:
-    gin.add_config_file_search_path(path)
-  for f in gin_files:
-    candidates = [f] + [os.path.join(p, f) for p in [here, *search_paths]]
-    if not any(os.path.exists(c) for c in candidates):
-      raise FileNotFoundError(f"gin file not found: {f}")
-  try:
-    gin_includes.parse_files(list(gin_files), list(gin_bindings), [here, *search_paths])
-  except (SyntaxError, ValueError, KeyError, ImportError, TypeError, IOError,
-          tokenize.TokenError) as e:
-    # tokenize.TokenError: e.g. an unclosed '(' (gin's parser does not wrap it).
-    t5x_only = gin_includes.explain_unknown_binding(e)
-    reason = f"{t5x_only}\n{e}" if t5x_only else str(e)
-    raise ValueError(f"could not parse gin config {list(gin_files)} + {list(gin_bindings)}: "
-                     f"{reason}") from e
-  gin_includes.check_renamed_macros(gin_bindings)
-  check_macro_bindings_are_used(gin_files, gin_bindings, gin.config_str())
-
-
-def check_macro_bindings_are_used(gin_files: Sequence[str], gin_bindings: Sequence[str],
-                                  config_text: str) -> None:
-  """Refuses a command-line macro binding (`--gin.NAME=...`) that nothing uses.
-
-  Gin accepts `NAME = 3` for any NAME (it just defines a macro), so a typo
-  such as `--gin.LEARNIG_RATE=1e-3` would silently train with the default.
-  A macro binding has an effect only if the parsed config references
-  `%NAME`; otherwise this raises a ValueError naming the binding, the gin
-  files and the closest macro names they do use.
-  """
-  import difflib  # pylint: disable=g-import-not-at-top
-  used = set(re.findall(r"%([A-Za-z_][A-Za-z0-9_]*)", config_text))
-  for binding in gin_bindings:
-    name = binding.split("=", 1)[0].strip()
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in used:
-      continue  # a configurable's parameter (gin checks those) or a used macro
-    close = difflib.get_close_matches(name, sorted(used), n=3, cutoff=0.6)
-    if close:
-      hint = f"; did you mean {', '.join(close)}?"
-    else:  # nothing similar: show what can be set
-      names = sorted(used)
-      hint = (f"; the macros they use are {', '.join(names[:25])}"
-              + (f" and {len(names) - 25} more" if len(names) > 25 else ""))
-    raise ValueError(f"gin binding {binding!r}: no gin file in {list(gin_files)} uses the "
-                     f"macro {name} (%{name}), so it would have no effect{hint}")
-
-
-def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
-  """t5x-style flags: --gin_file=F (repeatable), --gin.NAME=VALUE,
-  --gin_bindings=B, --gin_search_paths=a,b."""
-  files, bindings, search = [], [], []
-  it = iter(argv)
-  for arg in it:
-    if arg.startswith("--gin_file="):
-      files.append(arg.split("=", 1)[1])
-    elif arg == "--gin_file":
-      files.append(next(it))
-    elif arg.startswith("--gin.") and "=" in arg:
-      name, value = arg[len("--gin."):].split("=", 1)
-      bindings.append(f"{name} = {value}")
-    elif arg.startswith("--gin_bindings="):
-      bindings.append(arg.split("=", 1)[1])
-    elif arg.startswith("--gin_search_paths="):
-      search.extend(p for p in arg.split("=", 1)[1].split(",") if p)
-    else:
-      raise ValueError(f"unknown argument {arg!r}; expected --gin_file=, --gin.NAME=VALUE, "
-                       "--gin_bindings= or --gin_search_paths=")
-  if not files:
-    raise ValueError("no --gin_file given (e.g. --gin_file=narlm/gin/quickstart_cpu.gin)")
-  return files, bindings, search
-
-
 def main(argv: Sequence[str]) -> Mapping[str, float]:
   """Parses t5x-style gin flags and runs the gin-configured `train`."""
   import gin  # pylint: disable=g-import-not-at-top
@@ -760,28 +503,6 @@ def main(argv: Sequence[str]) -> Mapping[str, float]:
     console.stop_log_file(model_dir)
   write_config(_bound_model_dir(train_lib.train), gin.operative_config_str())
   return result
-
-
-def write_config(model_dir: Optional[str], text: str) -> None:
-  """Writes MODEL_DIR/config.gin atomically (temp file + rename), process 0 only."""
-  if not model_dir or jax.process_index() != 0:
-    return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.io.gfile.makedirs(model_dir)
-  path = os.path.join(model_dir, "config.gin")
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _bound_model_dir(fn) -> Optional[str]:
-  """The gin-bound `model_dir` of `fn` (following a macro such as %MODEL_DIR)."""
-  import gin  # pylint: disable=g-import-not-at-top
-  value = gin.get_bindings(fn).get("model_dir")
-  if isinstance(value, gin.config.ConfigurableReference):
-    value = gin.query_parameter(str(value))
-  return value if isinstance(value, str) else None
 
 
 def console_main() -> None:

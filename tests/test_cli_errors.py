@@ -101,3 +101,14 @@ def test_the_trainer_console_uses_the_same_error_prefix():
   assert line(logging.ERROR, "could not parse gin config %s", "['bad.gin']") == (
       "error: could not parse gin config ['bad.gin']")
   assert line(logging.WARNING, "OUTPUT_VOCAB lacks %s", "5%") == "warning: OUTPUT_VOCAB lacks 5%"
+
+
+def test_progress_eta_follows_the_cpu_budget_when_it_stops_the_run_first():
+  from narlm import console as console_lib
+  metrics = {"train/loss": 2.0}
+  plain = console_lib.progress_line(50, 100000, metrics, 0.5, 99950)
+  assert "ETA 55h" in plain and "budget" not in plain
+  budget = console_lib.progress_line(50, 100000, metrics, 0.5, 99950, budget_eta_seconds=600)
+  assert budget.endswith("ETA 10m00s (CPU budget)")
+  later = console_lib.progress_line(50, 100, metrics, 0.5, 50, budget_eta_seconds=600)
+  assert later.endswith("ETA 1m40s")  # the last step comes before the budget

@@ -252,6 +252,10 @@ def test_output_vocab_coverage_of_the_validation_targets_is_checked(caplog):
   assert total > 10000 and 0.01 < outside / total < 0.10  # words no training target used
   everything = ov.from_ids(range(30522), 30522, unk_id=100)
   assert ov.task_coverage(everything, "sentcomp_bert", "validation")[0] == 0
+  # A mixture's dataset repeats without end: the check reads a bounded sample.
+  outside, total = ov.task_coverage(restricted, "narlm_wiki_books_local", "validation",
+                                    max_examples=40)
+  assert total > 0 and 0 < outside < total
   cfg = train.DatasetConfig(mixture_or_task_name="sentcomp_bert",
                             task_feature_lengths={"inputs": 64, "targets": 64},
                             split="validation")

@@ -14,7 +14,8 @@ from narlm import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = REPO / "narlm" / "gin"
-EXPERIMENTS = sorted(GIN_DIR.glob("*.gin")) + sorted(GIN_DIR.glob("compare/*_minilm_*.gin"))
+EXPERIMENTS = (sorted(GIN_DIR.glob("*.gin")) + sorted(GIN_DIR.glob("compare/*_minilm_*.gin"))
+               + sorted(p for p in GIN_DIR.glob("pretraining_effect/*.gin") if not p.stem.endswith("_run")))
 
 
 @pytest.fixture(autouse=True)

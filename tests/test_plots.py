@@ -207,3 +207,32 @@ def test_cli_bad_input_exits_non_zero(tmp_path, capsys):
   assert plots.main(["--bench", str(tmp_path / "nope.json"),
                      "--out_dir", str(tmp_path / "out")]) == 2
   assert "nope.json: file not found" in capsys.readouterr().err
+
+
+def _fake_run(path, evals, cpu_per_step=2.0):
+  path.mkdir()
+  (path / "train_metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "train/loss": 10.0 / s, "train/cpu_seconds": s * cpu_per_step}) + "\n"
+      for s in (10, 20, 30, 40)))
+  (path / "validation_curve.jsonl").write_text("".join(
+      json.dumps({"step": s, "task/rougeL": v}) + "\n" for s, v in evals))
+  return path
+
+
+def test_training_curves_put_evaluations_on_the_cpu_clock(tmp_path):
+  run = _fake_run(tmp_path / "a", [(20, 40.0), (40, 55.0)])
+  assert plots.training_curve(run, "task/rougeL") == [(40.0, 40.0), (80.0, 55.0)]
+  assert plots.training_curve(run, "task/rougeL", cpu_offset=100) == [(140.0, 40.0), (180.0, 55.0)]
+  assert plots.training_curve(run, "train/loss")[0] == (20.0, 1.0)
+  other = _fake_run(tmp_path / "b", [(10, 30.0), (30, 50.0)], cpu_per_step=3.0)
+  out = plots.plot_training_curves(
+      {"dev": {"metric": "task/rougeL", "runs": {"a": (run, 0.0), "b": (other, 50.0)},
+               "hlines": {"lead": 45.0}}}, tmp_path / "curves.png")
+  _assert_png(out)
+  with pytest.raises(plots.PlotInputError, match="no row has 'task/bleu'"):
+    plots.training_curve(run, "task/bleu")
+  with pytest.raises(plots.PlotInputError, match="train_metrics.jsonl: cannot read"):
+    plots.training_curve(tmp_path / "missing", "task/rougeL")
+  (run / "validation_curve.jsonl").write_text('{"step": 20, "task/rougeL": 1}\n{oops\n')
+  with pytest.raises(plots.PlotInputError, match=r"validation_curve.jsonl:2: not JSON"):
+    plots.training_curve(run, "task/rougeL")

@@ -88,6 +88,10 @@ def _canonical_dtype(x: DType) -> str:
 SIZES: Mapping[str, Mapping[str, int]] = {
     'tiny': dict(num_layers=2, hidden_size=64, num_heads=2,
                  intermediate_size=256),
+    # 'mini': the CPU-sized pretraining experiment (BENCHMARKS.md, "Does
+    # pretraining help?"): 4 layers, d = 256.
+    'mini': dict(num_layers=4, hidden_size=256, num_heads=4,
+                 intermediate_size=1024),
     'small': dict(num_layers=4, hidden_size=512, num_heads=8,
                   intermediate_size=2048),
     'base': dict(num_layers=12, hidden_size=768, num_heads=12,
@@ -224,7 +228,7 @@ class BertConfig:
 
 
 def bert_config(size: str, vocab_size: int, **overrides) -> BertConfig:
-  """``BertConfig`` of a named size ('tiny', 'small', 'base', 'large')."""
+  """``BertConfig`` of a named size ('tiny', 'mini', 'small', 'base', 'large')."""
   return BertConfig.from_size(size, vocab_size, **overrides)
 
 

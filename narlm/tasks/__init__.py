@@ -23,11 +23,13 @@ FINETUNING_TASKS = (
     "sentcomp_distilled_aligned_bert", "iwslt14_de_en_bert",
     "iwslt14_de_en_t5", "gigaword_bert", "gigaword_tfds_bert",
 )
-PRETRAINING_TASKS = (
-    "wikipedia_bert", "bookcorpus_bert", "wikitext2_local_bert",
-    "books_local_bert",
-)
-MIXTURES = ("narlm_wiki_books", "narlm_wiki_books_local")
+_PRETRAINING_BASE = ("wikipedia_bert", "bookcorpus_bert", "wikitext2_local_bert",
+                     "books_local_bert")
+# Each pretraining task with today's objective, the both-ways one and plain MLM.
+PRETRAINING_TASKS = _PRETRAINING_BASE + tuple(
+    f"{name}_{objective}" for objective in ("both_ways", "mlm") for name in _PRETRAINING_BASE)
+MIXTURES = tuple(f"narlm_wiki_books{where}{objective}" for objective in ("", "_both_ways", "_mlm")
+                 for where in ("", "_local"))
 
 
 def get_task_or_mixture(name: str) -> Union[seqio.Task, seqio.Mixture]:

@@ -26,6 +26,13 @@ and the eos/eos ending. No token shuffling is done: local reordering is what
 the CRF's transition scores model, and permuted inputs made the deletion
 alignment ambiguous at no clear gain; it can be added as another step.
 
+Plain MLM (`mlm_denoise`), the control of the pretraining experiment: BERT's
+own objective in this layout -- step 2 alone (no deletion, so inputs and
+targets have equal length and position i copies position i) and the loss on
+the selected positions only (`targets_loss_weights`, which the feature
+converter turns into `decoder_loss_weights`). It has no place for the CRF
+(the selected positions are not a chain), so its models set USE_CRF=False.
+
 All randomness uses stateless ops seeded by `seqio.map_over_dataset(
 num_seeds=...)`, so the corruption is deterministic given seqio's seed
 (`Task.get_dataset(..., seed=...)`) and differs between examples and epochs
@@ -211,18 +218,32 @@ def corrupt_tokens(tokens: tf.Tensor, seeds: Sequence[tf.Tensor], *,
   else:
     kept = tokens
   # 2. masking: select mask_rate; of those 80% [MASK], 10% random, 10% keep.
-  m = tf.size(kept)
-  selected = tf.random.stateless_uniform([m], seed=seeds[1]) < mask_rate
-  action = tf.random.stateless_uniform([m], seed=seeds[2])
+  corrupted, _ = bert_mask(kept, seeds[1:], mask_id=mask_id, random_ids=random_ids,
+                           mask_rate=mask_rate, random_frac=random_frac,
+                           keep_frac=keep_frac)
+  return corrupted
+
+
+def bert_mask(tokens: tf.Tensor, seeds: Sequence[tf.Tensor], *, mask_id: int,
+              random_ids: tf.Tensor, mask_rate: float = 0.15, random_frac: float = 0.1,
+              keep_frac: float = 0.1) -> tuple:
+  """BERT's masking of a 1-D token tensor [m]: selects `mask_rate` of the
+  positions; of those 80% become `mask_id`, 10% a random id, 10% stay.
+
+  Needs 3 seeds. Returns (corrupted [m], selected [m] bool).
+  """
+  m = tf.size(tokens)
+  selected = tf.random.stateless_uniform([m], seed=seeds[0]) < mask_rate
+  action = tf.random.stateless_uniform([m], seed=seeds[1])
   to_mask = tf.logical_and(selected, action < 1.0 - random_frac - keep_frac)
   to_random = tf.logical_and(
       selected, tf.logical_and(action >= 1.0 - random_frac - keep_frac,
                                action < 1.0 - keep_frac))
-  random_ids = tf.convert_to_tensor(random_ids, kept.dtype)
+  random_ids = tf.convert_to_tensor(random_ids, tokens.dtype)
   picks = tf.random.stateless_uniform(
-      [m], seed=seeds[3], minval=0, maxval=tf.size(random_ids), dtype=tf.int32)
-  out = tf.where(to_random, tf.gather(random_ids, picks), kept)
-  return tf.where(to_mask, tf.cast(mask_id, kept.dtype), out)
+      [m], seed=seeds[2], minval=0, maxval=tf.size(random_ids), dtype=tf.int32)
+  out = tf.where(to_random, tf.gather(random_ids, picks), tokens)
+  return tf.where(to_mask, tf.cast(mask_id, tokens.dtype), out), selected
 
 
 def nar_denoise(dataset: tf.data.Dataset,
@@ -249,6 +270,43 @@ def nar_denoise(dataset: tf.data.Dataset,
         ex["targets"], seeds, mask_id=mask_id, random_ids=random_ids,
         mask_rate=mask_rate, delete_rate=delete_rate, delete_span=delete_span,
         random_frac=random_frac, keep_frac=keep_frac)
+    return ex
+
+  return corrupt(dataset)  # pylint: disable=no-value-for-parameter
+
+
+def mlm_denoise(dataset: tf.data.Dataset,
+                output_features: Mapping[str, seqio.Feature],
+                mask_rate: float = 0.15,
+                random_frac: float = 0.1,
+                keep_frac: float = 0.1,
+                mask_id: Optional[int] = None,
+                random_ids: Optional[Sequence[int]] = None) -> tf.data.Dataset:
+  """Plain MLM: targets (clean) -> inputs (BERT-masked, same length) and
+  `targets_loss_weights` (1.0 on the selected positions, else 0.0).
+
+  An example where no position is selected gets one selected position (the
+  first), so every example carries loss.
+  """
+  if mask_id is None or random_ids is None:
+    default_mask, default_random = corruption_ids(output_features["inputs"].vocabulary)
+    mask_id = default_mask if mask_id is None else mask_id
+    random_ids = default_random if random_ids is None else random_ids
+  random_ids = tf.constant(list(random_ids), tf.int32)
+
+  @seqio.map_over_dataset(num_seeds=3)
+  def corrupt(ex, seeds):
+    ex = dict(ex)
+    targets = tf.convert_to_tensor(ex["targets"])
+    corrupted, selected = bert_mask(
+        targets, seeds, mask_id=mask_id, random_ids=random_ids, mask_rate=mask_rate,
+        random_frac=random_frac, keep_frac=keep_frac)
+    first = tf.equal(tf.range(tf.size(targets)), 0)
+    none = tf.logical_not(tf.reduce_any(selected))
+    selected = tf.logical_or(selected, tf.logical_and(none, first))
+    ex["inputs"] = tf.where(tf.logical_and(none, first),
+                            tf.cast(mask_id, targets.dtype), corrupted)
+    ex["targets_loss_weights"] = tf.cast(selected, tf.float32)
     return ex
 
   return corrupt(dataset)  # pylint: disable=no-value-for-parameter

@@ -17,6 +17,8 @@ split.
 * `<task>_both_ways` / `narlm_wiki_books[_local]_both_ways`: the same data
   with the stronger objective of narlm/tasks/span_corruption.py (shifts both
   ways, a masking ratio per example).
+* `<task>_mlm` / `narlm_wiki_books[_local]_mlm`: plain MLM (BERT's masking, no
+  deletion, loss on the masked positions only), the experiment's control.
 * Offline stand-ins from `$NARLM_DATA_DIR/pretrain`: wikitext2_local_bert
   (train = WikiText-2 valid, validation = test; one example per paragraph of
   at least 40 characters, which drops the "= = Heading = =" lines),
@@ -58,6 +60,16 @@ BOTH_WAYS_PREPROCESSORS = [
     prep.filter_empty_targets,
     span_corruption.both_ways_denoise,
     prep.filter_empty_inputs,
+]
+
+# Plain MLM, the control objective (preprocessors.mlm_denoise): no deletion,
+# loss on the 15% selected positions only; for models with USE_CRF=False.
+MLM_PREPROCESSORS = [
+    functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+    prep.split_tokens,
+    prep.filter_empty_targets,
+    prep.mlm_denoise,
 ]
 
 WIKI_RATE = 2.5
@@ -123,25 +135,23 @@ seqio.MixtureRegistry.add(
     [("wikitext2_local_bert", WIKI_RATE), ("books_local_bert", BOOKS_RATE)],
 )
 
-# ------------------------------------ the same data, the both-ways objective
-_BOTH_WAYS = {}
-for _name, _task in (("wikipedia_bert", "wikipedia_bert"), ("bookcorpus_bert", "bookcorpus_bert"),
-                     ("wikitext2_local_bert", "wikitext2_local_bert"),
-                     ("books_local_bert", "books_local_bert")):
-  _BOTH_WAYS[_name] = f"{_name}_both_ways"
-  seqio.TaskRegistry.add(
-      f"{_name}_both_ways",
-      source=seqio.get_mixture_or_task(_task).source,
-      output_features=BERT_FEATURES,
-      preprocessors=BOTH_WAYS_PREPROCESSORS,
-      metric_fns=[],
+# ------------- the same data, the both-ways objective (_both_ways) and plain MLM (_mlm)
+_BASE_TASKS = ("wikipedia_bert", "bookcorpus_bert", "wikitext2_local_bert", "books_local_bert")
+for _suffix, _preprocessors in (("both_ways", BOTH_WAYS_PREPROCESSORS),
+                                ("mlm", MLM_PREPROCESSORS)):
+  for _name in _BASE_TASKS:
+    seqio.TaskRegistry.add(
+        f"{_name}_{_suffix}",
+        source=seqio.get_mixture_or_task(_name).source,
+        output_features=BERT_FEATURES,
+        preprocessors=_preprocessors,
+        metric_fns=[],
+    )
+  seqio.MixtureRegistry.add(
+      f"narlm_wiki_books_{_suffix}",
+      [(f"wikipedia_bert_{_suffix}", WIKI_RATE), (f"bookcorpus_bert_{_suffix}", BOOKS_RATE)],
   )
-
-seqio.MixtureRegistry.add(
-    "narlm_wiki_books_both_ways",
-    [(_BOTH_WAYS["wikipedia_bert"], WIKI_RATE), (_BOTH_WAYS["bookcorpus_bert"], BOOKS_RATE)],
-)
-seqio.MixtureRegistry.add(
-    "narlm_wiki_books_local_both_ways",
-    [(_BOTH_WAYS["wikitext2_local_bert"], WIKI_RATE), (_BOTH_WAYS["books_local_bert"], BOOKS_RATE)],
-)
+  seqio.MixtureRegistry.add(
+      f"narlm_wiki_books_local_{_suffix}",
+      [(f"wikitext2_local_bert_{_suffix}", WIKI_RATE), (f"books_local_bert_{_suffix}", BOOKS_RATE)],
+  )

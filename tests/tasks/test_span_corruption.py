@@ -2,7 +2,10 @@
 
 import numpy as np
 import pytest
+import seqio
 import tensorflow as tf
+
+import narlm.tasks  # noqa: F401  (registers the tasks)
 
 from narlm.tasks import span_corruption
 
@@ -84,3 +87,41 @@ def test_registered_tasks_yield_corrupted_pairs():
     assert any(not np.array_equal(ex["inputs"], ex["targets"]) for ex in examples)
   assert seqio.get_mixture_or_task("narlm_wiki_books_local_both_ways")
   assert seqio.get_mixture_or_task("narlm_wiki_books_both_ways")
+
+
+def test_plain_mlm_keeps_the_length_and_weights_only_the_selected_positions():
+  """The control objective: BERT masking without deletion; the loss weights
+  mark exactly the selected positions (~15%); every example carries loss."""
+  from narlm import feature_converters as fc
+  from narlm.tasks import preprocessors as prep
+  ds = seqio.get_mixture_or_task("wikitext2_local_bert_mlm").get_dataset(
+      {"inputs": 64, "targets": 64}, split="train", shuffle=False, seed=3)
+  examples = list(ds.take(200).as_numpy_iterator())
+  selected = changed = positions = 0
+  for ex in examples:
+    weights = ex["targets_loss_weights"]
+    assert len(ex["inputs"]) == len(ex["targets"]) == len(weights) > 0
+    assert weights.sum() >= 1
+    diff = ex["inputs"] != ex["targets"]
+    assert not (diff & (weights == 0)).any()  # only selected positions change
+    selected += weights.sum()
+    changed += diff.sum()
+    positions += len(weights)
+  assert 0.12 < selected / positions < 0.18
+  assert 0.75 < changed / selected < 0.95  # 80% [MASK] + most of the 10% random
+  again = list(seqio.get_mixture_or_task("wikitext2_local_bert_mlm").get_dataset(
+      {"inputs": 64, "targets": 64}, split="train", shuffle=False, seed=3).take(5)
+      .as_numpy_iterator())
+  assert all(np.array_equal(a["inputs"], b["inputs"]) for a, b in zip(again, examples))
+  # The converter turns the weights into decoder_loss_weights (eos weighted 0).
+  converted = next(fc.NarFeatureConverter(cls_id=101, sep_id=102)(
+      seqio.get_mixture_or_task("wikitext2_local_bert_mlm").get_dataset(
+          {"inputs": 64, "targets": 64}, split="train", shuffle=False, seed=3).take(1),
+      {"inputs": 64, "targets": 64}).as_numpy_iterator())
+  n = len(examples[0]["targets"])
+  np.testing.assert_array_equal(converted["decoder_loss_weights"][:n],
+                                examples[0]["targets_loss_weights"])
+  assert converted["decoder_loss_weights"][n:].sum() == 0
+  assert converted["decoder_target_tokens"][n] == converted["decoder_target_tokens"][n + 1] == 102
+  assert seqio.get_mixture_or_task("narlm_wiki_books_local_mlm")
+  assert seqio.get_mixture_or_task("narlm_wiki_books_mlm")
