@@ -75,7 +75,7 @@ from narlm import compare_baselines as baselines_lib
 from narlm.compare_baselines import paired_bootstrap  # noqa: F401  (public API)
 from narlm.compare_report import TABLE_METRICS, summary, to_json, to_markdown  # noqa: F401
 
-# Decode method -> the model class (serve.LoadedModel.kind) that runs it.
+# Decode method -> the model class (run_dirs.LoadedModel.kind) that runs it.
 METHOD_KINDS = {"argmax": "NagBertModel", "viterbi": "NagBertModel",
                 "ratio_first": "NagBertModel", "greedy": "ArSeq2SeqModel", "tag": "TaggerModel",
                 "mask_predict": "CanvasModel", "mask_predict_crf": "CanvasModel"}
@@ -192,10 +192,10 @@ def check_run_dir(name: str, model_dir: str) -> None:
 
 
 def load_run(name: str, model_dir: str):
-  """narlm.serve.load_model with errors that name the --system."""
-  from narlm import serve  # pylint: disable=g-import-not-at-top
+  """narlm.run_dirs.load_model with errors that name the --system."""
+  from narlm import run_dirs  # pylint: disable=g-import-not-at-top
   try:
-    return serve.load_model(model_dir)
+    return run_dirs.load_model(model_dir)
   except (FileNotFoundError, ValueError) as e:
     raise type(e)(f"--system {name}: run directory {model_dir}: {e}") from e
 

@@ -15,7 +15,7 @@ Usage::
       --gin.MIXTURE_OR_TASK_NAME="'sentcomp_distilled_bert'" --gin.MODEL_DIR=...
 
 `--model_dir` is a narlm training run (its config.gin and newest checkpoint
-are loaded by `narlm.serve.load_model`); `--method` is `greedy` for an
+are loaded by `narlm.run_dirs.load_model`); `--method` is `greedy` for an
 ArSeq2SeqModel run, `argmax`, `viterbi` or `ratio_first` (with `--alpha`
 unless the run binds RATIO_FIRST_ALPHA) for a NagBertModel run, `tag` for a
 TaggerModel run (a deletion teacher, whose outputs the aligned task
@@ -182,7 +182,7 @@ def distill(model_dir: str, method: str, task_name: str, out: str, *,
     raise FileNotFoundError(f"--model_dir {model_dir} has no config.gin: not a narlm "
                             "training run directory")
   import seqio  # pylint: disable=g-import-not-at-top
-  from narlm import serve  # pylint: disable=g-import-not-at-top
+  from narlm import run_dirs  # pylint: disable=g-import-not-at-top
   from narlm import tasks  # pylint: disable=g-import-not-at-top
   from narlm.tasks import finetuning  # pylint: disable=g-import-not-at-top
   task = tasks.get_task_or_mixture(task_name)
@@ -197,7 +197,7 @@ def distill(model_dir: str, method: str, task_name: str, out: str, *,
   # The teacher is the run at its validation optimum, not its last step (an
   # early-stopped run's last checkpoint is past the optimum).
   step = teacher_step(model_dir)
-  loaded = serve.load_model(model_dir)
+  loaded = run_dirs.load_model(model_dir)
   max_length = loaded.input_length or compare.LENGTH_BUCKETS[-1]
   decoder = compare.Decoder(loaded, method, max_length)  # checks method vs. model
   if method == "ratio_first" and alpha is None and getattr(

@@ -5,10 +5,15 @@ JSON-lines logs live, and how parameters are read back from it.
   MODEL_DIR/best_checkpoint/<step>   params of the best validation score
   MODEL_DIR/train_metrics.jsonl      one record per log step
   MODEL_DIR/validation_curve.jsonl   one record per evaluation
+  MODEL_DIR/config.gin               the run's gin config: `load_model` builds
+                                     its MODEL and restores the parameters
+                                     (the one run loader of serve, compare,
+                                     distill and the t5x converter)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Mapping, Optional
@@ -134,3 +139,93 @@ def _train_cpu_seconds_logged(model_dir: str, step: int) -> float:
       if record.get("step", step + 1) <= step and "train/cpu_seconds" in record:
         spent = max(spent, float(record["train/cpu_seconds"]))
   return spent
+
+
+# ------------------------------------------------------------- the run loader
+MODEL_KINDS = ("NagBertModel", "ArSeq2SeqModel", "TaggerModel", "CanvasModel")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A model built from a run's config.gin, with its restored params."""
+  model: Any
+  params: Any
+  model_dir: str
+  # TASK_FEATURE_LENGTHS['inputs'] of the run, when its config binds it.
+  input_length: Optional[int] = None
+
+  @property
+  def kind(self) -> str:
+    """The model family: NagBertModel, ArSeq2SeqModel (PrefixLmModel is one)
+    or TaggerModel; another class's own name."""
+    for cls in type(self.model).__mro__:
+      if cls.__name__ in MODEL_KINDS:
+        return cls.__name__
+    return type(self.model).__name__
+
+
+def _read_text(path: str) -> str:
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  return epath.Path(path).read_text()
+
+
+def load_model(model_dir: str, step: Optional[int] = None) -> LoadedModel:
+  """Builds `MODEL` from `model_dir/config.gin` and restores its parameters
+  (see `build_model`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  model, input_length = build_model(model_dir)
+  # Parameters only, validated; a damaged newest step falls back to the newest
+  # intact one (logged as a warning naming it).
+  params = restore_params(model_dir, step, fallback=step is None)
+  # Once on the device, not on every call.
+  params = jax.device_put(params)
+  return LoadedModel(model=model, params=params, model_dir=model_dir, input_length=input_length)
+
+
+def build_model(model_dir: str) -> tuple[Any, Optional[int]]:
+  """(MODEL built from `model_dir/config.gin`, its TASK_FEATURE_LENGTHS
+  ['inputs'] or None); no parameters are read.
+
+  The global gin config is cleared before and after (gin is global state;
+  the model object keeps what it needs).
+
+  Raises:
+    FileNotFoundError: no config.gin / no checkpoint (the message names it).
+    ValueError: config.gin does not parse or defines no MODEL.
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+
+  config_path = os.path.join(model_dir, "config.gin")
+  try:
+    config_text = _read_text(config_path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{config_path} not found: --model_dir must be a narlm training "
+                            "run directory (narlm.train writes config.gin there)") from e
+  gin.clear_config()
+  try:
+    try:
+      gin.parse_config(config_text)
+    except (SyntaxError, ValueError, KeyError, ImportError, TypeError) as e:
+      raise ValueError(f"could not parse {config_path}: {e}") from e
+    try:
+      gin.query_parameter("%MODEL")
+    except ValueError as e:
+      raise ValueError(f"{config_path} defines no MODEL macro (include a model gin, e.g. "
+                       "narlm/gin/models/tiny.gin)") from e
+    # Evaluates `%MODEL` exactly as a `model = %MODEL` binding would.
+    try:
+      model = gin.config.ConfigurableReference("MODEL/gin.macro", True).scoped_configurable_fn()
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (gin re-raises a proxy)
+      raise ValueError(f"could not build MODEL from {config_path}: {e}") from e
+    input_length = None
+    try:
+      lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
+      if isinstance(lengths, Mapping) and isinstance(lengths.get("inputs"), int):
+        input_length = int(lengths["inputs"])
+    except ValueError:
+      pass
+  finally:
+    gin.clear_config()
+  return model, input_length

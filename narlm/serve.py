@@ -58,7 +58,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from narlm import decoding
 from narlm.serve_http import RequestError, make_server  # noqa: F401  (re-exported)
@@ -71,95 +71,13 @@ NAR_METHODS = ("argmax", "viterbi", "ratio_first")
 CANVAS_METHODS = ("mask_predict", "mask_predict_crf")
 AR_METHOD = "ar_greedy"
 ALL_METHODS = NAR_METHODS + CANVAS_METHODS + (AR_METHOD,)
-MODEL_KINDS = ("NagBertModel", "ArSeq2SeqModel", "TaggerModel", "CanvasModel")
+from narlm.run_dirs import MODEL_KINDS  # noqa: F401  (re-exported)
 REQUEST_FIELDS = ("texts", "methods", "alpha")
 
 # ----------------------------------------------------------------- models
-@dataclasses.dataclass
-class LoadedModel:
-  """A model built from a run's config.gin, with its restored params."""
-  model: Any
-  params: Any
-  model_dir: str
-  # TASK_FEATURE_LENGTHS['inputs'] of the run, when its config binds it.
-  input_length: Optional[int] = None
-
-  @property
-  def kind(self) -> str:
-    """The model family: NagBertModel, ArSeq2SeqModel (PrefixLmModel is one)
-    or TaggerModel; another class's own name."""
-    for cls in type(self.model).__mro__:
-      if cls.__name__ in MODEL_KINDS:
-        return cls.__name__
-    return type(self.model).__name__
-
-
-def _read_text(path: str) -> str:
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  return epath.Path(path).read_text()
-
-
-def load_model(model_dir: str, step: Optional[int] = None) -> LoadedModel:
-  """Builds `MODEL` from `model_dir/config.gin` and restores its parameters
-  (see `build_model`)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from narlm import train as train_lib  # pylint: disable=g-import-not-at-top
-  model, input_length = build_model(model_dir)
-  # Parameters only, validated; a damaged newest step falls back to the newest
-  # intact one (logged as a warning naming it).
-  params = train_lib.restore_params(model_dir, step, fallback=step is None)
-  # Once on the device, not on every call.
-  params = jax.device_put(params)
-  return LoadedModel(model=model, params=params, model_dir=model_dir, input_length=input_length)
-
-
-def build_model(model_dir: str) -> tuple[Any, Optional[int]]:
-  """(MODEL built from `model_dir/config.gin`, its TASK_FEATURE_LENGTHS
-  ['inputs'] or None); no parameters are read.
-
-  The global gin config is cleared before and after (gin is global state;
-  the model object keeps what it needs).
-
-  Raises:
-    FileNotFoundError: no config.gin / no checkpoint (the message names it).
-    ValueError: config.gin does not parse or defines no MODEL.
-  """
-  import gin  # pylint: disable=g-import-not-at-top
-
-  config_path = os.path.join(model_dir, "config.gin")
-  try:
-    config_text = _read_text(config_path)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"{config_path} not found: --model_dir must be a narlm training "
-                            "run directory (narlm.train writes config.gin there)") from e
-  gin.clear_config()
-  try:
-    try:
-      gin.parse_config(config_text)
-    except (SyntaxError, ValueError, KeyError, ImportError, TypeError) as e:
-      raise ValueError(f"could not parse {config_path}: {e}") from e
-    try:
-      gin.query_parameter("%MODEL")
-    except ValueError as e:
-      raise ValueError(f"{config_path} defines no MODEL macro (include a model gin, e.g. "
-                       "narlm/gin/models/tiny.gin)") from e
-    # Evaluates `%MODEL` exactly as a `model = %MODEL` binding would.
-    try:
-      model = gin.config.ConfigurableReference("MODEL/gin.macro", True).scoped_configurable_fn()
-    except FileNotFoundError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except  (gin re-raises a proxy)
-      raise ValueError(f"could not build MODEL from {config_path}: {e}") from e
-    input_length = None
-    try:
-      lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")
-      if isinstance(lengths, Mapping) and isinstance(lengths.get("inputs"), int):
-        input_length = int(lengths["inputs"])
-    except ValueError:
-      pass
-  finally:
-    gin.clear_config()
-  return model, input_length
+# One run loader for serve, compare, distill and the t5x converter: a run
+# directory's config.gin builds MODEL, its checkpoint gives the parameters.
+from narlm.run_dirs import LoadedModel, build_model, load_model  # noqa: E402,F401  (re-exported)
 
 
 def _nar_has_crf(loaded: LoadedModel) -> bool:

@@ -120,10 +120,9 @@ def export(model_dir: str, out_dir: str, step: Optional[int] = None) -> str:
   """A narlm run's checkpoint (newest, or `step`) -> t5x layout in `out_dir`."""
   from narlm import checkpoints  # pylint: disable=g-import-not-at-top
   from narlm import run_dirs  # pylint: disable=g-import-not-at-top
-  from narlm import serve  # pylint: disable=g-import-not-at-top
   from narlm import train  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  model, _ = serve.build_model(model_dir)
+  model, _ = run_dirs.build_model(model_dir)
   if model.optimizer_def is None:
     raise ValueError(f"{model_dir}/config.gin binds no optimizer; t5x's state needs one")
   path = run_dirs._checkpoint_dir(model_dir)  # pylint: disable=protected-access
