@@ -54,14 +54,13 @@ Parameter tree (``D`` hidden, ``F`` MLP size, ``P`` max positions)::
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Dict, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from narlm.modules.encoder import (BertConfig, BertMlp, Dense, Embed, LayerNorm,
+from narlm.modules.encoder import (BertConfig, BertMlp, Embed, LayerNorm, MultiHeadAttention,
                                    with_sharding_constraint)
 
 Array = jax.Array
@@ -69,78 +68,6 @@ Cache = Dict[str, Any]
 
 _HEADS_AXES = ('batch', 'length', 'heads', 'kv')
 _EMBED_AXES = ('batch', 'length', 'embed')
-
-
-class MultiHeadAttention(nn.Module):
-  """Multi-head attention with q/k/v/out projections (all with bias).
-
-  Split into projection and attention methods so the decoder can cache the
-  projected keys/values. Names and axes match the encoder's
-  ``BertSelfAttention`` (``query``, ``key``, ``value``, ``out``).
-  """
-  config: BertConfig
-
-  def setup(self):
-    cfg = self.config
-    init = nn.initializers.normal(stddev=cfg.initializer_range)
-    dense = functools.partial(
-        Dense, cfg.num_heads * cfg.head_dim, ('embed', 'joined_kv'),
-        dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-        kernel_init=init)
-    self.query = dense()
-    self.key = dense()
-    self.value = dense()
-    self.out = Dense(cfg.hidden_size, ('joined_kv', 'embed'),
-                     dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                     kernel_init=init)
-    self.dropout = nn.Dropout(cfg.attention_dropout)
-
-  def _split_heads(self, y: Array) -> Array:
-    batch, length, _ = y.shape
-    y = y.reshape(batch, length, self.config.num_heads, self.config.head_dim)
-    return with_sharding_constraint(y, _HEADS_AXES)
-
-  def project_query(self, x: Array) -> Array:
-    """[B, T, D] -> [B, T, H, Dh]."""
-    return self._split_heads(self.query(x))
-
-  def project_key_value(self, x: Array) -> Tuple[Array, Array]:
-    """[B, S, D] -> (keys, values), each [B, S, H, Dh]."""
-    return self._split_heads(self.key(x)), self._split_heads(self.value(x))
-
-  def attend(self, query: Array, key: Array, value: Array, mask: Array,
-             deterministic: bool) -> Array:
-    """Attention of projected queries to projected keys/values.
-
-    Args:
-      query: [B, T, H, Dh].
-      key, value: [B, S, H, Dh].
-      mask: bool, broadcastable to [B, H, T, S]; True where allowed.
-      deterministic: disables attention-probability dropout.
-
-    Returns:
-      [B, T, D] output (after the ``out`` projection).
-    """
-    cfg = self.config
-    batch, length = query.shape[:2]
-    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
-                        preferred_element_type=jnp.float32)
-    scores = scores.astype(jnp.float32) / math.sqrt(cfg.head_dim)
-    # `where`, not an additive bias: fully masked rows stay finite (uniform).
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-    probs = self.dropout(probs, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, value.astype(cfg.compute_dtype))
-    out = with_sharding_constraint(out, _HEADS_AXES)
-    out = self.out(out.reshape(batch, length, cfg.num_heads * cfg.head_dim))
-    return with_sharding_constraint(out, _EMBED_AXES)
-
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array,
-               deterministic: bool = True) -> Array:
-    """[B, T, D] queries, [B, S, D] keys/values, mask -> [B, T, D]."""
-    key, value = self.project_key_value(inputs_kv)
-    return self.attend(self.project_query(inputs_q), key, value, mask,
-                       deterministic)
 
 
 def causal_mask(length: int) -> Array:

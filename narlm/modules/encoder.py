@@ -344,15 +344,87 @@ class BertEmbeddings(nn.Module):
     return with_sharding_constraint(x, ('batch', 'length', 'embed'))
 
 
-class BertSelfAttention(nn.Module):
-  """Multi-head self-attention with q/k/v/out projections (all with bias)."""
+_ATTENTION_HEADS_AXES = ('batch', 'length', 'heads', 'kv')
+_ATTENTION_EMBED_AXES = ('batch', 'length', 'embed')
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention with q/k/v/out projections (all with bias).
+
+  The one attention of narlm: the encoder's self-attention (``self_attend``,
+  with an optional prefix of keys/values for the prefix LM) and the AR
+  decoder's causal self- and cross-attention, which call the projection and
+  attention methods separately to cache the projected keys/values.
+  Parameters: ``query``, ``key``, ``value``, ``out`` (HF BERT's layout).
+  """
   config: BertConfig
 
-  @nn.compact
-  def __call__(self, x: Array, key_mask: Array, deterministic: bool,
-               prefix_kv: Optional[Tuple[Array, Array]] = None,
-               return_kv: bool = False):
-    """Attends every query to the allowed keys.
+  def setup(self):
+    cfg = self.config
+    init = nn.initializers.normal(stddev=cfg.initializer_range)
+    dense = functools.partial(
+        Dense, cfg.num_heads * cfg.head_dim, ('embed', 'joined_kv'),
+        dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+        kernel_init=init)
+    self.query = dense()
+    self.key = dense()
+    self.value = dense()
+    self.out = Dense(cfg.hidden_size, ('joined_kv', 'embed'),
+                     dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                     kernel_init=init)
+    self.dropout = nn.Dropout(cfg.attention_dropout)
+
+  def _split_heads(self, y: Array) -> Array:
+    batch, length, _ = y.shape
+    y = y.reshape(batch, length, self.config.num_heads, self.config.head_dim)
+    return with_sharding_constraint(y, _ATTENTION_HEADS_AXES)
+
+  def project_query(self, x: Array) -> Array:
+    """[B, T, D] -> [B, T, H, Dh]."""
+    return self._split_heads(self.query(x))
+
+  def project_key_value(self, x: Array) -> Tuple[Array, Array]:
+    """[B, S, D] -> (keys, values), each [B, S, H, Dh]."""
+    return self._split_heads(self.key(x)), self._split_heads(self.value(x))
+
+  def attend(self, query: Array, key: Array, value: Array, mask: Array,
+             deterministic: bool) -> Array:
+    """Attention of projected queries to projected keys/values.
+
+    Args:
+      query: [B, T, H, Dh].
+      key, value: [B, S, H, Dh].
+      mask: bool, broadcastable to [B, H, T, S]; True where allowed.
+      deterministic: disables attention-probability dropout.
+
+    Returns:
+      [B, T, D] output (after the ``out`` projection).
+    """
+    cfg = self.config
+    batch, length = query.shape[:2]
+    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
+                        preferred_element_type=jnp.float32)
+    scores = scores.astype(jnp.float32) / math.sqrt(cfg.head_dim)
+    # `where`, not an additive bias: fully masked rows stay finite (uniform).
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+    probs = self.dropout(probs, deterministic=deterministic)
+    out = jnp.einsum('bhqk,bkhd->bqhd', probs, value.astype(cfg.compute_dtype))
+    out = with_sharding_constraint(out, _ATTENTION_HEADS_AXES)
+    out = self.out(out.reshape(batch, length, cfg.num_heads * cfg.head_dim))
+    return with_sharding_constraint(out, _ATTENTION_EMBED_AXES)
+
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array,
+               deterministic: bool = True) -> Array:
+    """[B, T, D] queries, [B, S, D] keys/values, mask -> [B, T, D]."""
+    key, value = self.project_key_value(inputs_kv)
+    return self.attend(self.project_query(inputs_q), key, value, mask,
+                       deterministic)
+
+  def self_attend(self, x: Array, key_mask: Array, deterministic: bool,
+                  prefix_kv: Optional[Tuple[Array, Array]] = None,
+                  return_kv: bool = False):
+    """Attends every position of ``x`` to the allowed keys.
 
     Args:
       x: [B, L, D] hidden states.
@@ -368,20 +440,7 @@ class BertSelfAttention(nn.Module):
       [B, L, D] attention output (before residual and LayerNorm), and with
       `return_kv` the (keys, values) pair.
     """
-    cfg = self.config
-    batch, length, _ = x.shape
-    heads, head_dim = cfg.num_heads, cfg.head_dim
-    init = nn.initializers.normal(stddev=cfg.initializer_range)
-    dense = functools.partial(
-        Dense, heads * head_dim, ('embed', 'joined_kv'),
-        dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-        kernel_init=init)
-
-    def project(name: str) -> Array:
-      y = dense(name=name)(x).reshape(batch, length, heads, head_dim)
-      return with_sharding_constraint(y, ('batch', 'length', 'heads', 'kv'))
-
-    query, key, value = project('query'), project('key'), project('value')
+    key, value = self.project_key_value(x)
     own_kv = (key, value)
     if prefix_kv is not None:
       key = jnp.concatenate([prefix_kv[0].astype(key.dtype), key], axis=1)
@@ -389,24 +448,7 @@ class BertSelfAttention(nn.Module):
     if key_mask.shape[-1] != key.shape[1] or key_mask.ndim not in (2, 3):
       raise ValueError(f'key_mask shape {key_mask.shape} does not fit {key.shape[1]} keys')
     mask = key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]
-    # Scores and softmax in float32 even under bf16 (large logits / sums).
-    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
-                        preferred_element_type=jnp.float32)
-    scores = scores.astype(jnp.float32) / math.sqrt(head_dim)
-    # `where` (not an additive -inf bias) keeps fully-masked rows finite: they
-    # become a uniform average, like HF's finfo.min bias.
-    scores = jnp.where(mask, scores,
-                       jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-    probs = nn.Dropout(cfg.attention_dropout)(probs,
-                                              deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, value)
-    out = with_sharding_constraint(out, ('batch', 'length', 'heads', 'kv'))
-    out = out.reshape(batch, length, heads * head_dim)
-    out = Dense(cfg.hidden_size, ('joined_kv', 'embed'),
-                dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                kernel_init=init, name='out')(out)
-    out = with_sharding_constraint(out, ('batch', 'length', 'embed'))
+    out = self.attend(self.project_query(x), key, value, mask, deterministic)
     return (out, own_kv) if return_kv else out
 
 
@@ -435,14 +477,14 @@ class BertLayer(nn.Module):
   def __call__(self, x: Array, key_mask: Array, deterministic: bool,
                prefix_kv: Optional[Tuple[Array, Array]] = None,
                return_kv: bool = False):
-    """[B, L, D], bool mask -> [B, L, D] (see BertSelfAttention for the
+    """[B, L, D], bool mask -> [B, L, D] (see MultiHeadAttention.self_attend for the
     mask, `prefix_kv` and `return_kv`, which adds the layer's own keys and
     values to the result)."""
     cfg = self.config
     layer_norm = functools.partial(LayerNorm, cfg.layer_norm_eps,
                                    cfg.compute_dtype, cfg.params_dtype)
-    y = BertSelfAttention(cfg, name='attention')(x, key_mask, deterministic,
-                                                 prefix_kv, return_kv)
+    y = MultiHeadAttention(cfg, name='attention').self_attend(
+        x, key_mask, deterministic, prefix_kv, return_kv)
     if return_kv:
       y, own_kv = y
     y = nn.Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
