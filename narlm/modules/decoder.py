@@ -60,7 +60,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from narlm.modules.encoder import (BertConfig, BertMlp, Embed, LayerNorm, MultiHeadAttention,
+from narlm.modules.attention import MultiHeadAttention
+from narlm.modules.encoder import (BertConfig, BertMlp, Embed, LayerNorm,
                                    with_sharding_constraint)
 
 Array = jax.Array

@@ -47,20 +47,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 import flax.linen as nn
-from flax.linen import partitioning as nn_partitioning
-import jax
 import jax.numpy as jnp
 
-param_with_axes = nn_partitioning.param_with_axes
-with_sharding_constraint = nn_partitioning.with_sharding_constraint
-
-Array = jax.Array
-DType = Any
-Initializer = Callable[..., Array]
+# The building blocks live in layers.py and attention.py; re-exported here,
+# where the rest of narlm (and older code) imports them from.
+from narlm.modules.attention import MultiHeadAttention  # noqa: E402,F401
+from narlm.modules.layers import (Array, DType, Dense, Embed, Initializer,  # noqa: E402,F401
+                                  LayerNorm, param_with_axes, with_sharding_constraint)
 
 # Hugging Face `hidden_act` names we reproduce exactly.
 _ACTIVATIONS: Mapping[str, Callable[[Array], Array]] = {
@@ -237,80 +233,6 @@ def bert_config(size: str, vocab_size: int, **overrides) -> BertConfig:
 # --------------------------------------------------------------------------
 
 
-class Dense(nn.Module):
-  """``y = x @ kernel + bias`` over the last axis.
-
-  Attributes:
-    features: output size.
-    kernel_axes: logical names of the ``[in, out]`` kernel; the bias takes the
-      output name.
-  """
-  features: int
-  kernel_axes: Tuple[str, str]
-  dtype: DType = jnp.float32
-  param_dtype: DType = jnp.float32
-  kernel_init: Initializer = nn.initializers.normal(stddev=0.02)
-  bias_init: Initializer = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """[..., in] -> [..., features] in ``dtype``."""
-    kernel = param_with_axes(
-        'kernel', self.kernel_init, (x.shape[-1], self.features),
-        self.param_dtype, axes=self.kernel_axes)
-    bias = param_with_axes('bias', self.bias_init, (self.features,),
-                           self.param_dtype, axes=(self.kernel_axes[1],))
-    x = jnp.asarray(x, self.dtype)
-    y = jnp.einsum('...i,io->...o', x, jnp.asarray(kernel, self.dtype))
-    return y + jnp.asarray(bias, self.dtype)
-
-
-class LayerNorm(nn.Module):
-  """LayerNorm over the last (``embed``) axis, statistics in float32.
-
-  Matches ``torch.nn.LayerNorm`` (biased variance, eps inside the sqrt).
-  """
-  epsilon: float = 1e-12
-  dtype: DType = jnp.float32
-  param_dtype: DType = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """[..., D] -> [..., D] in ``dtype``."""
-    features = x.shape[-1]
-    scale = param_with_axes('scale', nn.initializers.ones, (features,),
-                            self.param_dtype, axes=('embed',))
-    bias = param_with_axes('bias', nn.initializers.zeros, (features,),
-                           self.param_dtype, axes=('embed',))
-    # bf16 statistics lose too much precision: normalise in float32.
-    x = jnp.asarray(x, jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
-    y = y * jnp.asarray(scale, jnp.float32) + jnp.asarray(bias, jnp.float32)
-    return y.astype(self.dtype)
-
-
-class Embed(nn.Module):
-  """Lookup table ``[num_embeddings, features]`` with logical ``axes``."""
-  num_embeddings: int
-  features: int
-  axes: Tuple[str, str]
-  dtype: DType = jnp.float32
-  param_dtype: DType = jnp.float32
-  embedding_init: Initializer = nn.initializers.normal(stddev=0.02)
-
-  def setup(self):
-    self.embedding = param_with_axes(
-        'embedding', self.embedding_init,
-        (self.num_embeddings, self.features), self.param_dtype,
-        axes=self.axes, module=self)
-
-  def __call__(self, ids: Array) -> Array:
-    """int [...] -> [..., features] in ``dtype``."""
-    return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
-
-
 class BertEmbeddings(nn.Module):
   """Word + absolute position + token-type embeddings, LayerNorm, dropout."""
   config: BertConfig
@@ -342,114 +264,6 @@ class BertEmbeddings(nn.Module):
     x = self.layer_norm(x)
     x = self.dropout(x, deterministic=deterministic)
     return with_sharding_constraint(x, ('batch', 'length', 'embed'))
-
-
-_ATTENTION_HEADS_AXES = ('batch', 'length', 'heads', 'kv')
-_ATTENTION_EMBED_AXES = ('batch', 'length', 'embed')
-
-
-class MultiHeadAttention(nn.Module):
-  """Multi-head attention with q/k/v/out projections (all with bias).
-
-  The one attention of narlm: the encoder's self-attention (``self_attend``,
-  with an optional prefix of keys/values for the prefix LM) and the AR
-  decoder's causal self- and cross-attention, which call the projection and
-  attention methods separately to cache the projected keys/values.
-  Parameters: ``query``, ``key``, ``value``, ``out`` (HF BERT's layout).
-  """
-  config: BertConfig
-
-  def setup(self):
-    cfg = self.config
-    init = nn.initializers.normal(stddev=cfg.initializer_range)
-    dense = functools.partial(
-        Dense, cfg.num_heads * cfg.head_dim, ('embed', 'joined_kv'),
-        dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-        kernel_init=init)
-    self.query = dense()
-    self.key = dense()
-    self.value = dense()
-    self.out = Dense(cfg.hidden_size, ('joined_kv', 'embed'),
-                     dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
-                     kernel_init=init)
-    self.dropout = nn.Dropout(cfg.attention_dropout)
-
-  def _split_heads(self, y: Array) -> Array:
-    batch, length, _ = y.shape
-    y = y.reshape(batch, length, self.config.num_heads, self.config.head_dim)
-    return with_sharding_constraint(y, _ATTENTION_HEADS_AXES)
-
-  def project_query(self, x: Array) -> Array:
-    """[B, T, D] -> [B, T, H, Dh]."""
-    return self._split_heads(self.query(x))
-
-  def project_key_value(self, x: Array) -> Tuple[Array, Array]:
-    """[B, S, D] -> (keys, values), each [B, S, H, Dh]."""
-    return self._split_heads(self.key(x)), self._split_heads(self.value(x))
-
-  def attend(self, query: Array, key: Array, value: Array, mask: Array,
-             deterministic: bool) -> Array:
-    """Attention of projected queries to projected keys/values.
-
-    Args:
-      query: [B, T, H, Dh].
-      key, value: [B, S, H, Dh].
-      mask: bool, broadcastable to [B, H, T, S]; True where allowed.
-      deterministic: disables attention-probability dropout.
-
-    Returns:
-      [B, T, D] output (after the ``out`` projection).
-    """
-    cfg = self.config
-    batch, length = query.shape[:2]
-    scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
-                        preferred_element_type=jnp.float32)
-    scores = scores.astype(jnp.float32) / math.sqrt(cfg.head_dim)
-    # `where`, not an additive bias: fully masked rows stay finite (uniform).
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-    probs = self.dropout(probs, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', probs, value.astype(cfg.compute_dtype))
-    out = with_sharding_constraint(out, _ATTENTION_HEADS_AXES)
-    out = self.out(out.reshape(batch, length, cfg.num_heads * cfg.head_dim))
-    return with_sharding_constraint(out, _ATTENTION_EMBED_AXES)
-
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array,
-               deterministic: bool = True) -> Array:
-    """[B, T, D] queries, [B, S, D] keys/values, mask -> [B, T, D]."""
-    key, value = self.project_key_value(inputs_kv)
-    return self.attend(self.project_query(inputs_q), key, value, mask,
-                       deterministic)
-
-  def self_attend(self, x: Array, key_mask: Array, deterministic: bool,
-                  prefix_kv: Optional[Tuple[Array, Array]] = None,
-                  return_kv: bool = False):
-    """Attends every position of ``x`` to the allowed keys.
-
-    Args:
-      x: [B, L, D] hidden states.
-      key_mask: bool [B, K] (every query alike) or [B, L, K] (per query),
-        True for keys that may be attended; K = P + L keys: the prefix's,
-        then x's own.
-      deterministic: disables attention-probability dropout.
-      prefix_kv: optional (keys, values) [B, P, H, Dh] attended before x's
-        own (a prefix LM's source, or a key/value cache).
-      return_kv: also return x's own (keys, values) [B, L, H, Dh].
-
-    Returns:
-      [B, L, D] attention output (before residual and LayerNorm), and with
-      `return_kv` the (keys, values) pair.
-    """
-    key, value = self.project_key_value(x)
-    own_kv = (key, value)
-    if prefix_kv is not None:
-      key = jnp.concatenate([prefix_kv[0].astype(key.dtype), key], axis=1)
-      value = jnp.concatenate([prefix_kv[1].astype(value.dtype), value], axis=1)
-    if key_mask.shape[-1] != key.shape[1] or key_mask.ndim not in (2, 3):
-      raise ValueError(f'key_mask shape {key_mask.shape} does not fit {key.shape[1]} keys')
-    mask = key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]
-    out = self.attend(self.project_query(x), key, value, mask, deterministic)
-    return (out, own_kv) if return_kv else out
 
 
 class BertMlp(nn.Module):
