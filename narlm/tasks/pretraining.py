@@ -29,6 +29,7 @@ split.
 import functools
 
 import seqio
+import tensorflow as tf
 
 from narlm import vocabularies
 from narlm.tasks import preprocessors as prep
@@ -64,6 +65,13 @@ BOTH_WAYS_PREPROCESSORS = [
 
 # Plain MLM, the control objective (preprocessors.mlm_denoise): no deletion,
 # loss on the 15% selected positions only; for models with USE_CRF=False.
+# The loss weights are an output feature: a seqio Mixture keeps only its
+# output features, and without them the converter would weight every position.
+MLM_FEATURES = {
+    **BERT_FEATURES,
+    "targets_loss_weights": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False,
+                                          required=False, dtype=tf.float32),
+}
 MLM_PREPROCESSORS = [
     functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
     functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
@@ -137,13 +145,13 @@ seqio.MixtureRegistry.add(
 
 # ------------- the same data, the both-ways objective (_both_ways) and plain MLM (_mlm)
 _BASE_TASKS = ("wikipedia_bert", "bookcorpus_bert", "wikitext2_local_bert", "books_local_bert")
-for _suffix, _preprocessors in (("both_ways", BOTH_WAYS_PREPROCESSORS),
-                                ("mlm", MLM_PREPROCESSORS)):
+for _suffix, _preprocessors, _features in (("both_ways", BOTH_WAYS_PREPROCESSORS, BERT_FEATURES),
+                                           ("mlm", MLM_PREPROCESSORS, MLM_FEATURES)):
   for _name in _BASE_TASKS:
     seqio.TaskRegistry.add(
         f"{_name}_{_suffix}",
         source=seqio.get_mixture_or_task(_name).source,
-        output_features=BERT_FEATURES,
+        output_features=_features,
         preprocessors=_preprocessors,
         metric_fns=[],
     )

@@ -118,6 +118,18 @@ def test_plain_mlm_keeps_the_length_and_weights_only_the_selected_positions():
       seqio.get_mixture_or_task("wikitext2_local_bert_mlm").get_dataset(
           {"inputs": 64, "targets": 64}, split="train", shuffle=False, seed=3).take(1),
       {"inputs": 64, "targets": 64}).as_numpy_iterator())
+  # Through the mixture and the trainer's pipeline too (a seqio Mixture keeps
+  # only its output features: the weights must be one).
+  import types
+  from narlm import train_data
+  from narlm.train import DatasetConfig
+  model = types.SimpleNamespace(FEATURE_CONVERTER_CLS=lambda pack: fc.NarFeatureConverter(
+      pack=pack, cls_id=101, sep_id=102))
+  batch = next(iter(train_data.get_dataset(
+      DatasetConfig("narlm_wiki_books_local_mlm", {"inputs": 64, "targets": 64}, batch_size=8,
+                    shuffle=False), model).as_numpy_iterator()))
+  share = batch["decoder_loss_weights"].sum() / (batch["decoder_target_tokens"] > 0).sum()
+  assert 0.05 < share < 0.3, share  # the selected positions, not every one
   n = len(examples[0]["targets"])
   np.testing.assert_array_equal(converted["decoder_loss_weights"][:n],
                                 examples[0]["targets_loss_weights"])
