@@ -348,6 +348,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   cpu_spent_before = _train_cpu_seconds_logged(model_dir, start_step) if start_step else 0.0
   out_of_budget = False
   early_stopped = False
+  last_eval_step = None  # the final evaluation is skipped when this step had one
   tracker = BestTracker(model_dir, best_metric, best_metric_mode, early_stopping_patience,
                         start_step, write=process == 0)
   # Device-side (first non-finite step or -1, its loss): updated by every
@@ -400,6 +401,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
       if eval_due:
         results = _run_eval(trainer, state, eval_dataset_cfg, step, writer,
                             eval_steps, infer_eval_examples, decode_kwargs)
+        last_eval_step = step
         last_metrics.update(results)
         if tracker.update(step, results, state["params"]):
           early_stopped = True
@@ -419,7 +421,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     save(step, force=True)
     manager.wait_until_finished()
     if eval_dataset_cfg is not None and (step == train_steps or out_of_budget) \
-        and not early_stopped:
+        and not early_stopped and last_eval_step != step:
       results = _run_eval(trainer, state, eval_dataset_cfg, step, writer, eval_steps,
                           infer_eval_examples, decode_kwargs)
       last_metrics.update(results)

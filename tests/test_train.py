@@ -31,9 +31,12 @@ def test_every_experiment_gin_is_tested():
     g if g == "quickstart_cpu.gin" else pytest.param(g, marks=pytest.mark.slow)
     for g in CPU_EXPERIMENTS])
 def test_cpu_experiment_runs_one_step(tmp_path, gin_file):
-  metrics = run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", *FAST,
+  metrics = run_in_process(tmp_path / "run", "--gin.TRAIN_STEPS=1", "--gin.EVAL_PERIOD=1", *FAST,
                            gin_file=f"narlm/gin/{gin_file}")
   assert np.isfinite(metrics["train/loss"])
+  # The last step's periodic evaluation is not repeated as the final one.
+  curve = (tmp_path / "run" / "validation_curve.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in curve] == [1]
   assert (tmp_path / "run" / "config.gin").read_text().count("TRAIN_STEPS = 1") == 1
   assert (tmp_path / "run" / "checkpoints" / "1").is_dir()
   if "minilm" in gin_file:
