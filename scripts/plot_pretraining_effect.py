@@ -21,19 +21,19 @@ def cpu_seconds(run):
 
 pretraining = {"(b) NAR denoising": "pretrain_nar", "(c) both-ways": "pretrain_both_ways",
                "(d) plain MLM": "pretrain_mlm"}
-finetuning = {"(a) from scratch": ("ft_scratch", None),
-              "(e) from scratch, long": ("ft_scratch_long", None),
-              "(b) NAR denoising": ("ft_nar", "pretrain_nar"),
-              "(c) both-ways": ("ft_both_ways", "pretrain_both_ways"),
-              "(d) plain MLM": ("ft_mlm", "pretrain_mlm")}
-for extra in sorted(runs.glob("ft_*_seed1")):
-  start = extra.name.replace("ft_", "pretrain_").replace("_seed1", "")
-  finetuning[f"{extra.name} (2nd seed)"] = (extra.name, start if (runs / start).exists() else None)
+pretraining = {"(b) NAR denoising": "pretrain_nar", "(c) both-ways": "pretrain_both_ways",
+               "(d') masking, all positions": "pretrain_mlm_allpos"}
+finetuning = {"(a) from scratch": ("tagger_scratch", None),
+              "(e) from scratch, long": ("tagger_scratch_long", None),
+              "(b) NAR denoising": ("tagger_nar", "pretrain_nar"),
+              "(c) both-ways": ("tagger_both_ways", "pretrain_both_ways"),
+              "(d') masking, all positions": ("tagger_mlm_allpos", "pretrain_mlm_allpos"),
+              "(d') 2nd seed": ("tagger_mlm_allpos_seed1", "pretrain_mlm_allpos")}
 panels = {
     "pretraining: validation loss (each objective its own)": {
         "metric": "eval/loss", "ylabel": "validation loss",
         "runs": {k: (runs / v, 0.0) for k, v in pretraining.items()}},
-    "fine-tuning: sentcomp dev ROUGE-L (x: pretraining + fine-tuning)": {
+    "tagger probe: sentcomp dev ROUGE-L (x: pretraining + fine-tuning)": {
         "metric": "eval/sentcomp_bert/rougeL", "ylabel": "dev ROUGE-L (1,000 pairs)",
         "runs": {k: (runs / ft, cpu_seconds(runs / pre) if pre else 0.0)
                  for k, (ft, pre) in finetuning.items()}},
