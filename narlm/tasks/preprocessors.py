@@ -246,6 +246,15 @@ def bert_mask(tokens: tf.Tensor, seeds: Sequence[tf.Tensor], *, mask_id: int,
   return tf.where(to_mask, tf.cast(mask_id, tokens.dtype), out), selected
 
 
+def _corruption_ids_or_defaults(output_features, mask_id, random_ids) -> tuple:
+  """(mask id, random ids as an int32 tensor), defaults from the inputs' vocabulary."""
+  if mask_id is None or random_ids is None:
+    default_mask, default_random = corruption_ids(output_features["inputs"].vocabulary)
+    mask_id = default_mask if mask_id is None else mask_id
+    random_ids = default_random if random_ids is None else random_ids
+  return mask_id, tf.constant(list(random_ids), tf.int32)
+
+
 def nar_denoise(dataset: tf.data.Dataset,
                 output_features: Mapping[str, seqio.Feature],
                 mask_rate: float = 0.15,
@@ -256,12 +265,7 @@ def nar_denoise(dataset: tf.data.Dataset,
                 mask_id: Optional[int] = None,
                 random_ids: Optional[Sequence[int]] = None) -> tf.data.Dataset:
   """targets (clean tokens) -> inputs (corrupted), see module docstring."""
-  if mask_id is None or random_ids is None:
-    default_mask, default_random = corruption_ids(
-        output_features["inputs"].vocabulary)
-    mask_id = default_mask if mask_id is None else mask_id
-    random_ids = default_random if random_ids is None else random_ids
-  random_ids = tf.constant(list(random_ids), tf.int32)
+  mask_id, random_ids = _corruption_ids_or_defaults(output_features, mask_id, random_ids)
 
   @seqio.map_over_dataset(num_seeds=4)
   def corrupt(ex, seeds):
@@ -288,11 +292,7 @@ def mlm_denoise(dataset: tf.data.Dataset,
   An example where no position is selected gets one selected position (the
   first), so every example carries loss.
   """
-  if mask_id is None or random_ids is None:
-    default_mask, default_random = corruption_ids(output_features["inputs"].vocabulary)
-    mask_id = default_mask if mask_id is None else mask_id
-    random_ids = default_random if random_ids is None else random_ids
-  random_ids = tf.constant(list(random_ids), tf.int32)
+  mask_id, random_ids = _corruption_ids_or_defaults(output_features, mask_id, random_ids)
 
   @seqio.map_over_dataset(num_seeds=3)
   def corrupt(ex, seeds):

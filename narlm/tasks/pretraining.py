@@ -43,25 +43,23 @@ BERT_FEATURES = {
     "targets": seqio.Feature(BERT, add_eos=False),
 }
 
-DENOISE_PREPROCESSORS = [
-    functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-    prep.split_tokens,
-    prep.filter_empty_targets,
-    prep.nar_denoise,
-    prep.filter_empty_inputs,
-]
+def _text_to_spans_then(*corruption):
+  """Text -> WordPiece spans (no empty ones) -> the given corruption steps."""
+  return [
+      functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+      functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+      prep.split_tokens,
+      prep.filter_empty_targets,
+      *corruption,
+  ]
+
+
+DENOISE_PREPROCESSORS = _text_to_spans_then(prep.nar_denoise, prep.filter_empty_inputs)
 
 # The stronger objective (narlm/tasks/span_corruption.py): shifts both ways,
 # span masking at a ratio drawn per example from 0.15-0.8.
-BOTH_WAYS_PREPROCESSORS = [
-    functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-    prep.split_tokens,
-    prep.filter_empty_targets,
-    span_corruption.both_ways_denoise,
-    prep.filter_empty_inputs,
-]
+BOTH_WAYS_PREPROCESSORS = _text_to_spans_then(span_corruption.both_ways_denoise,
+                                              prep.filter_empty_inputs)
 
 # Plain MLM, the control objective (preprocessors.mlm_denoise): no deletion,
 # loss on the 15% selected positions only; for models with USE_CRF=False.
@@ -72,13 +70,7 @@ MLM_FEATURES = {
     "targets_loss_weights": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False,
                                           required=False, dtype=tf.float32),
 }
-MLM_PREPROCESSORS = [
-    functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-    prep.split_tokens,
-    prep.filter_empty_targets,
-    prep.mlm_denoise,
-]
+MLM_PREPROCESSORS = _text_to_spans_then(prep.mlm_denoise)
 
 WIKI_RATE = 2.5
 BOOKS_RATE = 0.8
