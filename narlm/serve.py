@@ -61,6 +61,8 @@ import time
 from typing import Any, Optional, Sequence
 
 from narlm import decoding
+# The one run loader: config.gin builds MODEL, the checkpoint gives the params.
+from narlm.run_dirs import LoadedModel, load_model
 from narlm.serve_http import RequestError, make_server  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("narlm.serve")
@@ -71,13 +73,9 @@ NAR_METHODS = ("argmax", "viterbi", "ratio_first")
 CANVAS_METHODS = ("mask_predict", "mask_predict_crf")
 AR_METHOD = "ar_greedy"
 ALL_METHODS = NAR_METHODS + CANVAS_METHODS + (AR_METHOD,)
-from narlm.run_dirs import MODEL_KINDS  # noqa: F401  (re-exported)
 REQUEST_FIELDS = ("texts", "methods", "alpha")
 
 # ----------------------------------------------------------------- models
-# One run loader for serve, compare, distill and the t5x converter: a run
-# directory's config.gin builds MODEL, its checkpoint gives the parameters.
-from narlm.run_dirs import LoadedModel, build_model, load_model  # noqa: E402,F401  (re-exported)
 
 
 def _nar_has_crf(loaded: LoadedModel) -> bool:

@@ -391,8 +391,9 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
                         {"step": step, **last_metrics})
           budget_eta = None
           if max_train_cpu_seconds is not None:
-            cpu_per_wall = (cpu_seconds() - cpu_spent_before) / max(time.time() - t0, 1e-9)
-            budget_eta = max(max_train_cpu_seconds - cpu_seconds(), 0.0) / max(cpu_per_wall, 1e-9)
+            spent = last_metrics["train/cpu_seconds"]
+            cpu_per_wall = (spent - cpu_spent_before) / max(time.time() - t0, 1e-9)
+            budget_eta = max(max_train_cpu_seconds - spent, 0.0) / max(cpu_per_wall, 1e-9)
           console.say(console.progress_line(step, train_steps, last_metrics,
                                             last_metrics["train/steps_per_sec"],
                                             end_step - step, budget_eta))

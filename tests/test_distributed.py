@@ -141,19 +141,22 @@ def losses(model_dir: pathlib.Path) -> dict[int, float]:
 
 # ----------------------------------------------------------------- collectives
 PSUM = textwrap.dedent("""
-    import sys
+    import json, sys
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    port, pid = sys.argv[1], int(sys.argv[2])
+    port, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                                process_id=pid)
     mesh = Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "model"))
     local = np.arange(12, dtype=np.float32).reshape(4, 3) + 100 * pid
     x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
     total = jax.jit(lambda a: a.sum(), out_shardings=NamedSharding(mesh, P()))(x)
-    print("RESULT", jax.process_index(), jax.process_count(), jax.device_count(),
-          jax.local_device_count(), jax.config.jax_cpu_collectives_implementation,
-          float(total), flush=True)
+    # A file of its own, not stdout: gloo's C++ logging writes to the same
+    # stream from another thread and can split a printed line.
+    with open(out, "w") as f:
+      json.dump([jax.process_index(), jax.process_count(), jax.device_count(),
+                 jax.local_device_count(), jax.config.jax_cpu_collectives_implementation,
+                 float(total)], f)
 """)
 
 
@@ -164,13 +167,14 @@ def test_cpu_collectives_across_two_processes(tmp_path):
   script.write_text(PSUM)
   port = free_port()
   logs = [tmp_path / f"p{i}.log" for i in range(2)]
-  rcs = run_all([[sys.executable, str(script), str(port), str(i)] for i in range(2)],
+  results = [tmp_path / f"p{i}.json" for i in range(2)]
+  rcs = run_all([[sys.executable, str(script), str(port), str(i), str(results[i])]
+                 for i in range(2)],
                 [env_for(4, port)] * 2, logs, timeout=300)
   assert rcs == [0, 0], "\n".join(tail(l) for l in logs)
   expected = float(2 * np.arange(12).sum() + 100 * 12)
-  for i, log in enumerate(logs):
-    result = [l.split() for l in log.read_text().splitlines() if l.startswith("RESULT")]
-    assert result == [["RESULT", str(i), "2", "8", "4", "gloo", str(expected)]], tail(log)
+  for i, (log, result) in enumerate(zip(logs, results)):
+    assert json.loads(result.read_text()) == [i, 2, 8, 4, "gloo", expected], tail(log)
 
 
 # -------------------------------------------------------------------- training

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from narlm.modules.layers import Array, Dense, with_sharding_constraint
 
-_ATTENTION_HEADS_AXES = ('batch', 'length', 'heads', 'kv')
-_ATTENTION_EMBED_AXES = ('batch', 'length', 'embed')
+HEADS_AXES = ('batch', 'length', 'heads', 'kv')
+EMBED_AXES = ('batch', 'length', 'embed')
 
 
 class MultiHeadAttention(nn.Module):
@@ -47,7 +47,7 @@ class MultiHeadAttention(nn.Module):
   def _split_heads(self, y: Array) -> Array:
     batch, length, _ = y.shape
     y = y.reshape(batch, length, self.config.num_heads, self.config.head_dim)
-    return with_sharding_constraint(y, _ATTENTION_HEADS_AXES)
+    return with_sharding_constraint(y, HEADS_AXES)
 
   def project_query(self, x: Array) -> Array:
     """[B, T, D] -> [B, T, H, Dh]."""
@@ -80,9 +80,9 @@ class MultiHeadAttention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
     probs = self.dropout(probs, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', probs, value.astype(cfg.compute_dtype))
-    out = with_sharding_constraint(out, _ATTENTION_HEADS_AXES)
+    out = with_sharding_constraint(out, HEADS_AXES)
     out = self.out(out.reshape(batch, length, cfg.num_heads * cfg.head_dim))
-    return with_sharding_constraint(out, _ATTENTION_EMBED_AXES)
+    return with_sharding_constraint(out, EMBED_AXES)
 
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array,
                deterministic: bool = True) -> Array:

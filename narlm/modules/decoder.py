@@ -60,15 +60,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from narlm.modules.attention import MultiHeadAttention
+from narlm.modules.attention import EMBED_AXES, HEADS_AXES, MultiHeadAttention
 from narlm.modules.encoder import (BertConfig, BertMlp, Embed, LayerNorm,
                                    with_sharding_constraint)
 
 Array = jax.Array
 Cache = Dict[str, Any]
 
-_HEADS_AXES = ('batch', 'length', 'heads', 'kv')
-_EMBED_AXES = ('batch', 'length', 'embed')
 
 
 def causal_mask(length: int) -> Array:
@@ -102,7 +100,7 @@ class DecoderLayer(nn.Module):
         x + self.dropout(y, deterministic=deterministic))
     y = self.mlp(x)
     x = self.mlp_layer_norm(x + self.dropout(y, deterministic=deterministic))
-    return with_sharding_constraint(x, _EMBED_AXES)
+    return with_sharding_constraint(x, EMBED_AXES)
 
   def __call__(self, x: Array, encoded: Array, encoder_mask: Array,
                deterministic: bool = True) -> Array:
@@ -131,7 +129,7 @@ class DecoderLayer(nn.Module):
     cross_key, cross_value = self.cross_attention.project_key_value(encoded)
     shape = (encoded.shape[0], max_length, cfg.num_heads, cfg.head_dim)
     empty = with_sharding_constraint(jnp.zeros(shape, cfg.compute_dtype),
-                                     _HEADS_AXES)
+                                     HEADS_AXES)
     return {'self_key': empty, 'self_value': empty,
             'cross_key': cross_key.astype(cfg.compute_dtype),
             'cross_value': cross_value.astype(cfg.compute_dtype)}
@@ -206,7 +204,7 @@ class TransformerDecoder(nn.Module):
          + self.position_embeddings(positions).astype(jnp.float32))
     x = self.embedding_layer_norm(x)
     x = self.dropout(x, deterministic=deterministic)
-    return with_sharding_constraint(x, _EMBED_AXES)
+    return with_sharding_constraint(x, EMBED_AXES)
 
   def _check_length(self, length: int, what: str) -> None:
     limit = self.config.max_position_embeddings
