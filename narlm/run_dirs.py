@@ -182,6 +182,23 @@ def load_model(model_dir: str, step: Optional[int] = None) -> LoadedModel:
   return LoadedModel(model=model, params=params, model_dir=model_dir, input_length=input_length)
 
 
+def model_from_parsed_gin(what: str):
+  """The MODEL macro of the gin config parsed now, built exactly as a
+  `model = %MODEL` binding would be; `what` names the config in errors."""
+  import gin  # pylint: disable=g-import-not-at-top
+  try:
+    gin.query_parameter("%MODEL")
+  except ValueError as e:
+    raise ValueError(f"{what} defines no MODEL macro (include a model gin, e.g. "
+                     "narlm/gin/models/tiny.gin)") from e
+  try:
+    return gin.config.ConfigurableReference("MODEL/gin.macro", True).scoped_configurable_fn()
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (gin re-raises a proxy)
+    raise ValueError(f"could not build MODEL from {what}: {e}") from e
+
+
 def build_model(model_dir: str) -> tuple[Any, Optional[int]]:
   """(MODEL built from `model_dir/config.gin`, its TASK_FEATURE_LENGTHS
   ['inputs'] or None); no parameters are read.
@@ -207,18 +224,7 @@ def build_model(model_dir: str) -> tuple[Any, Optional[int]]:
       gin.parse_config(config_text)
     except (SyntaxError, ValueError, KeyError, ImportError, TypeError) as e:
       raise ValueError(f"could not parse {config_path}: {e}") from e
-    try:
-      gin.query_parameter("%MODEL")
-    except ValueError as e:
-      raise ValueError(f"{config_path} defines no MODEL macro (include a model gin, e.g. "
-                       "narlm/gin/models/tiny.gin)") from e
-    # Evaluates `%MODEL` exactly as a `model = %MODEL` binding would.
-    try:
-      model = gin.config.ConfigurableReference("MODEL/gin.macro", True).scoped_configurable_fn()
-    except FileNotFoundError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except  (gin re-raises a proxy)
-      raise ValueError(f"could not build MODEL from {config_path}: {e}") from e
+    model = model_from_parsed_gin(config_path)
     input_length = None
     try:
       lengths = gin.query_parameter("%TASK_FEATURE_LENGTHS")

@@ -46,7 +46,7 @@ from narlm.run_dirs import (_append_jsonl, _best_checkpoint_dir, _checkpoint_dir
                             _checkpoint_manager, _train_cpu_seconds_logged,
                             best_checkpoint_step, restore_params)
 from narlm.train_data import (bucket_by_length, get_dataset, get_task_or_mixture,  # noqa: F401
-                              prefetch_to_device, vocabulary_mismatches)
+                              TrainInput, vocabulary_mismatches)
 from narlm.train_eval import (BestTracker, _check_output_vocab_coverage, _run_eval,  # noqa: F401
                               evaluate_with_metrics)
 from narlm.train_step import DROPOUT_STREAM, Trainer, dropout_root_key  # noqa: F401
@@ -316,22 +316,35 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
                   init_checkpoint if fresh else None, log_path)
   last_saved = latest
 
+  # The input stream's position is checkpointed with the state: a resume
+  # continues it instead of replaying every batch already consumed.
+  train_input = TrainInput(train_ds, trainer.global_batch, prefetch=prefetch_batches,
+                           fingerprint=_input_fingerprint(train_dataset_cfg, num_processes))
+  if start_step:
+    why_not = train_input.restore(model_dir, start_step, process)
+    if why_not is None:
+      logging.info("input stream continues from its position saved at step %d", start_step)
+    else:
+      console.say("replaying the input stream up to step %d: %s", start_step, why_not)
+      train_input.replay(start_step)
+
   def save(step: int, force: bool = False):
     nonlocal last_saved
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     if last_saved == step:
       return
+    # Before the state: a crash in between leaves an unused position, never
+    # a checkpoint without one.
+    train_input.save(model_dir, step, process)
     manager.save(step, args=ocp.args.StandardSave(state), force=force)
     # Checksums of exactly what was saved: damage inside array data is then
     # caught at restore (orbax's files carry none).
     checksums.write(manager.directory, step, state)
     checksums.prune(manager.directory, list(manager.all_steps()) + [step])
+    if process == 0:
+      TrainInput.prune(model_dir, list(manager.all_steps()) + [step])
     last_saved = step
 
-  # Deterministic order on resume: the same shuffled stream, minus what the
-  # finished steps consumed.
-  data_iter = prefetch_to_device(train_ds.repeat().skip(start_step).as_numpy_iterator(),
-                                 trainer.global_batch, size=prefetch_batches)
   step_fn = trainer.compiled_train_step()
   report = periodic_actions.ReportProgress(num_train_steps=train_steps, writer=writer)
   preempted = {"flag": False}
@@ -368,7 +381,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
       if _should_stop(preempted["flag"] or out_of_budget, step, log_period, manager,
                       num_processes):
         break
-      batch = next(data_iter)
+      batch = next(train_input)
       with trainer.mesh:
         state, metrics = step_fn(state, batch)
         nonfinite = track_nonfinite(nonfinite, metrics["loss"], step + 1)
@@ -439,6 +452,16 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
   return last_metrics
+
+
+def _input_fingerprint(cfg: DatasetConfig, num_processes: int) -> dict:
+  """What a saved input position depends on: with any of it changed, the
+  saved position is of another stream and the resume replays instead."""
+  return {"task": cfg.mixture_or_task_name, "split": cfg.split, "batch_size": cfg.batch_size,
+          "feature_lengths": {k: int(v) for k, v in sorted(dict(cfg.task_feature_lengths).items())},
+          "shuffle": bool(cfg.shuffle), "seed": cfg.seed,
+          "length_buckets": [int(b) for b in cfg.length_buckets or ()],
+          "num_processes": num_processes}
 
 
 def _any_process(flag: bool, num_processes: int) -> bool:

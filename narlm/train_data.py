@@ -1,12 +1,15 @@
 """The trainer's input pipeline: seqio task -> converted, length-bucketed,
-per-host batches, put on the devices ahead of the step that uses them."""
+per-host batches, put on the devices ahead of the step that uses them, with
+a position that is checkpointed beside the train state."""
 
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Iterator, Mapping, Optional, Sequence
+import io
+import json
+import os
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-import jax
 import numpy as np
 
 if TYPE_CHECKING:
@@ -57,7 +60,7 @@ def bucket_by_length(ds, length_buckets: Sequence[int], batch_size: int,
   (buckets above the row length L are dropped and L is added), batched, and
   every feature is cut from [B, L] to [B, bucket]: a model sees at most
   len(buckets) + 1 shapes. The order is a deterministic function of the
-  input order, so resuming (which skips consumed batches) stays exact.
+  input order, so a resume that replays the stream stays exact.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   full = int(ds.element_spec["encoder_input_tokens"].shape[0])
@@ -78,24 +81,130 @@ def bucket_by_length(ds, length_buckets: Sequence[int], batch_size: int,
   return ds.group_by_window(key, reduce, window_size=batch_size)
 
 
-def prefetch_to_device(batches: Iterator[Mapping[str, np.ndarray]], put, size: int = 2
-                       ) -> Iterator[Mapping[str, jax.Array]]:
-  """Yields `put(batch)` for each host batch, with `size` more already put.
+INPUT_STATE_DIR = "input_state"
+
+
+class TrainInput:
+  """One process's training batches: the repeated tf.data stream, converted
+  to numpy and put on the devices `prefetch` batches ahead of the step that
+  uses them, with its position saved beside each checkpoint.
 
   `put` (Trainer.global_batch) starts an asynchronous transfer, so the next
-  batches travel while the current step runs. Order is unchanged: resuming
-  by skipping the consumed steps stays exact (batches prefetched past a stop
-  are simply dropped).
+  batches travel while the current step runs. The position is tf.data's own
+  iterator checkpoint (shuffle buffers, mixture sampling and corruption
+  seeds included) plus the host copies of the batches already taken ahead,
+  so a resumed run continues the same stream exactly, in about a second,
+  whatever the step: nothing consumed is read or tokenised again. Where no
+  position was saved for the step (a checkpoint of t5x or of an older narlm,
+  or another data config / process count), `restore` falls back to
+  replaying the stream (`skip`), which is exact but costs the time to
+  produce every batch already consumed.
+
+  Layout: MODEL_DIR/input_state/<step>/process_<i>/ holds `iterator.*`
+  (tf.train.Checkpoint), `lookahead.npz` and `meta.json` (`fingerprint`:
+  what must match for the position to mean the same stream). Written through
+  tf.io.gfile into a temporary directory renamed when complete.
   """
-  if size < 0:
-    raise ValueError(f"prefetch_batches must be >= 0, got {size}")
-  queue: collections.deque = collections.deque()
-  for batch in batches:
-    queue.append(put(batch))
-    if len(queue) > size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()
+
+  def __init__(self, ds, put: Callable, prefetch: int = 2, fingerprint: Optional[dict] = None):
+    from narlm.tasks.text_files import checkpointable  # pylint: disable=g-import-not-at-top
+    if prefetch < 0:
+      raise ValueError(f"prefetch_batches must be >= 0, got {prefetch}")
+    self._ds = checkpointable(ds.repeat())
+    self._iterator = None
+    self._put, self._prefetch = put, prefetch
+    self._queue: collections.deque = collections.deque()  # (host batch, device batch)
+    self._skip = 0
+    self.fingerprint = dict(fingerprint or {})
+
+  def _tf_iterator(self):
+    if self._iterator is None:
+      self._iterator = iter(self._ds.skip(self._skip) if self._skip else self._ds)
+    return self._iterator
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    iterator = self._tf_iterator()
+    while len(self._queue) <= self._prefetch:
+      host = {k: v._numpy() for k, v in next(iterator).items()}  # pylint: disable=protected-access
+      self._queue.append((host, self._put(host)))
+    return self._queue.popleft()[1]
+
+  def replay(self, steps: int) -> None:
+    """Before the first batch: skip the batches of `steps` finished steps by
+    producing and dropping them (exact, slow)."""
+    if self._iterator is not None:
+      raise RuntimeError("replay() must come before the first batch")
+    self._skip = int(steps)
+
+  @staticmethod
+  def _dir(model_dir: str, step: int, process: int) -> str:
+    return os.path.join(model_dir, INPUT_STATE_DIR, str(step), f"process_{process}")
+
+  def save(self, model_dir: str, step: int, process: int = 0) -> None:
+    """Saves the position after `step` finished steps."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    final = self._dir(model_dir, step, process)
+    tmp = f"{final}.tmp-{os.getpid()}"
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.rmtree(tmp)
+    tf.io.gfile.makedirs(tmp)
+    tf.train.Checkpoint(iterator=self._tf_iterator()).write(os.path.join(tmp, "iterator"))
+    lookahead = {f"{i}/{k}": v for i, (host, _) in enumerate(self._queue) for k, v in host.items()}
+    buffer = io.BytesIO()  # zip needs a seekable file; GFile's is not
+    np.savez(buffer, **lookahead)
+    with tf.io.gfile.GFile(os.path.join(tmp, "lookahead.npz"), "wb") as f:
+      f.write(buffer.getvalue())
+    with tf.io.gfile.GFile(os.path.join(tmp, "meta.json"), "w") as f:
+      json.dump({"step": step, "lookahead": len(self._queue),
+                 "fingerprint": self.fingerprint}, f)
+    if tf.io.gfile.exists(final):
+      tf.io.gfile.rmtree(final)
+    tf.io.gfile.rename(tmp, final)
+
+  def restore(self, model_dir: str, step: int, process: int = 0) -> Optional[str]:
+    """Continues from the position saved after `step`; returns None, or why
+    it cannot (then nothing changed: call `replay`)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    directory = self._dir(model_dir, step, process)
+    meta_path = os.path.join(directory, "meta.json")
+    if not tf.io.gfile.exists(meta_path):
+      return f"no input position saved for step {step} ({directory})"
+    with tf.io.gfile.GFile(meta_path) as f:
+      meta = json.load(f)
+    if meta.get("fingerprint") != self.fingerprint:
+      return (f"the input position of step {step} belongs to other data settings "
+              f"({meta.get('fingerprint')} != {self.fingerprint})")
+    iterator = iter(self._ds)
+    try:
+      tf.train.Checkpoint(iterator=iterator).read(
+          os.path.join(directory, "iterator")).assert_consumed()
+    except (tf.errors.OpError, AssertionError, ValueError) as e:
+      return f"the input position of step {step} does not fit this pipeline ({e})"
+    with tf.io.gfile.GFile(os.path.join(directory, "lookahead.npz"), "rb") as f:
+      arrays = dict(np.load(io.BytesIO(f.read())))
+    hosts = [{} for _ in range(int(meta["lookahead"]))]
+    for name, value in arrays.items():
+      i, key = name.split("/", 1)
+      hosts[int(i)][key] = value
+    self._iterator, self._skip = iterator, 0
+    self._queue = collections.deque((host, self._put(host)) for host in hosts)
+    return None
+
+  @staticmethod
+  def prune(model_dir: str, keep_steps: Sequence[int]) -> None:
+    """Deletes saved positions of steps whose checkpoint is gone."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    root = os.path.join(model_dir, INPUT_STATE_DIR)
+    if not tf.io.gfile.isdir(root):
+      return
+    keep = {str(int(s)) for s in keep_steps}
+    for name in tf.io.gfile.listdir(root):
+      name = name.rstrip("/")
+      if name.isdigit() and name not in keep:
+        tf.io.gfile.rmtree(os.path.join(root, name))
 
 
 def _describe_vocabulary(vocab) -> str:

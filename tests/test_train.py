@@ -1,6 +1,7 @@
 """narlm's trainer: gin files, resume, sharding, bad input."""
 
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -91,13 +92,22 @@ def test_model_gins_build(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_gives_the_identical_loss_curve(tmp_path):
+@pytest.mark.parametrize("gin_file", ["narlm/gin/tiny_cpu.gin", "narlm/gin/pretrain_cpu.gin"])
+def test_kill_and_resume_gives_the_identical_loss_curve(tmp_path, gin_file, caplog):
+  """sentcomp, and the pretraining mixture (text files, corruption, mixture
+  sampling): the resumed run continues the input stream from its saved
+  position, without replaying it, and the curve is the uninterrupted one."""
   common = ["--gin.TRAIN_STEPS=6", "--gin.CHECKPOINT_PERIOD=3", *FAST,
             "--gin.DROPOUT_RATE=0.1"]
-  run_in_process(tmp_path / "straight", *common)
-  run_in_process(tmp_path / "resumed", *common, "--gin.train_lib.train.stop_after_steps=3")
+  run_in_process(tmp_path / "straight", *common, gin_file=gin_file)
+  run_in_process(tmp_path / "resumed", *common, "--gin.train_lib.train.stop_after_steps=3",
+                 gin_file=gin_file)
   assert sorted(logged_losses(tmp_path / "resumed")) == [1, 2, 3]
-  run_in_process(tmp_path / "resumed", *common)
+  assert (tmp_path / "resumed" / "input_state" / "3" / "process_0" / "meta.json").exists()
+  with caplog.at_level(logging.INFO):
+    run_in_process(tmp_path / "resumed", *common, gin_file=gin_file)
+  assert "input stream continues from its position saved at step 3" in caplog.text
+  assert "replaying the input stream" not in caplog.text
   straight, resumed = logged_losses(tmp_path / "straight"), logged_losses(tmp_path / "resumed")
   assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([resumed[s] for s in range(1, 7)],
@@ -310,20 +320,65 @@ def test_nonfinite_loss_is_tracked_on_device_and_reported_with_its_step():
   train._raise_if_nonfinite((jnp.int32(-1), jnp.float32(0.0)), None)  # finite: no error
 
 
-def test_prefetch_to_device_keeps_order_and_runs_ahead():
-  from narlm import train
+def _counting_dataset(n: int, produced: list):
+  """range(n) as {'x': [2] int64} batches; `produced` records every element
+  the source makes (a replay makes them again, a restore does not)."""
+  import tensorflow as tf
+
+  def record(x):
+    produced.append(int(x))
+    return x
+  return tf.data.Dataset.range(n).map(
+      lambda x: {"x": tf.stack([tf.py_function(record, [x], tf.int64)] * 2)})
+
+
+def test_train_input_prefetches_in_order_and_runs_ahead():
+  from narlm.train_data import TrainInput
   put_calls = []
 
   def put(batch):
-    put_calls.append(batch)
-    return batch * 10
+    put_calls.append(int(batch["x"][0]))
+    return int(batch["x"][0]) * 10
 
-  stream = train.prefetch_to_device(iter(range(5)), put, size=2)
+  stream = TrainInput(_counting_dataset(5, []), put, prefetch=2)
   assert next(stream) == 0 and put_calls == [0, 1, 2]  # two batches already in flight
-  assert list(stream) == [10, 20, 30, 40]
-  assert list(train.prefetch_to_device(iter(range(3)), put, size=0)) == [0, 10, 20]
+  assert [next(stream) for _ in range(6)] == [10, 20, 30, 40, 0, 10]  # repeats
+  assert [next(TrainInput(_counting_dataset(3, []), put, prefetch=0)) for _ in range(1)] == [0]
   with pytest.raises(ValueError, match="prefetch_batches must be >= 0"):
-    next(train.prefetch_to_device(iter(range(3)), put, size=-1))
+    TrainInput(_counting_dataset(3, []), put, prefetch=-1)
+
+
+def test_train_input_resumes_from_its_saved_position_without_replaying(tmp_path):
+  from narlm.train_data import TrainInput
+  produced = []
+  first = TrainInput(_counting_dataset(1000, produced), lambda b: int(b["x"][0]),
+                     prefetch=2, fingerprint={"task": "t"})
+  assert [next(first) for _ in range(300)] == list(range(300))
+  first.save(str(tmp_path), 300)
+  expected = [next(first) for _ in range(5)]
+
+  produced.clear()
+  resumed = TrainInput(_counting_dataset(1000, produced), lambda b: int(b["x"][0]),
+                       prefetch=2, fingerprint={"task": "t"})
+  assert resumed.restore(str(tmp_path), 300) is None
+  assert [next(resumed) for _ in range(5)] == expected == list(range(300, 305))
+  # Nothing consumed is made again (tf.data may restore elements it had
+  # already buffered ahead, so fewer than 5 can be new).
+  assert all(x >= 300 for x in produced) and len(produced) < 20
+
+  # No position, or one of other data settings: a reason, and replay is exact.
+  other = TrainInput(_counting_dataset(1000, []), lambda b: int(b["x"][0]),
+                     fingerprint={"task": "other"})
+  assert "no input position saved for step 7" in other.restore(str(tmp_path), 7)
+  assert "other data settings" in other.restore(str(tmp_path), 300)
+  produced.clear()
+  other = TrainInput(_counting_dataset(1000, produced), lambda b: int(b["x"][0]),
+                     fingerprint={"task": "other"})
+  other.replay(300)
+  assert [next(other) for _ in range(5)] == expected
+  assert sorted(produced)[:300] == list(range(300))  # the replay made them all again
+  TrainInput.prune(str(tmp_path), keep_steps=[7])
+  assert not (tmp_path / "input_state" / "300").exists()
 
 
 @pytest.mark.slow  # a trainer subprocess or two (~40-70 s): CI's slow pass

@@ -43,12 +43,13 @@ import fnmatch
 import os
 import random
 import threading
-from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from absl import logging
 import seqio
 import tensorflow as tf
 
+from narlm.tasks import text_files
 from narlm.vocabularies import data_dir, DATA_DIR_ENV  # pylint: disable=unused-import
 
 GIGAWORD_DIR_ENV = "NARLM_GIGAWORD_DIR"
@@ -385,65 +386,6 @@ class PairedTextFileSource(seqio.DataSource):
 
 
 # ---------------------------------------------------------------- plain text
-def _iter_text(path: str, mode: str, min_chars: int,
-               max_chars: int = 100_000) -> Iterator[str]:
-  """Yields paragraphs (blank-line separated, lines joined by a space; cut
-  after `max_chars` so a file without blank lines is not one huge example) or
-  non-blank lines of one file; skips and counts non-UTF-8 lines, and warns
-  (naming the file) when it is mostly not UTF-8 or yields nothing."""
-  counts = {"lines": 0, "bad_lines": 0}
-  yielded = 0
-  for text in _iter_text_unchecked(path, mode, min_chars, max_chars, counts):
-    yielded += 1
-    yield text
-  lines, bad_lines = counts["lines"], counts["bad_lines"]
-  if bad_lines and bad_lines * 2 > lines:
-    logging.warning("%s: %d of its %d lines are not valid UTF-8 (another encoding, or not a "
-                    "text file?); they were skipped", path, bad_lines, lines)
-  if not yielded:
-    SOURCE_STATS.add("text_files_without_text")
-    logging.warning("%s: no text in this file (%s); skipped", path,
-                    "empty" if not lines else
-                    f"{lines} line(s), none valid UTF-8 text of >= {min_chars} characters")
-
-
-def _iter_text_unchecked(path: str, mode: str, min_chars: int, max_chars: int,
-                         counts: dict) -> Iterator[str]:
-  """`_iter_text`'s reader; counts['lines'] / counts['bad_lines'] (not UTF-8)
-  are kept up to date as it reads."""
-  chunk, chunk_chars = [], 0
-  with _open(path) as f:
-    for lineno, raw in enumerate(f, 1):
-      counts["lines"] = lineno
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        counts["bad_lines"] += 1
-        n = SOURCE_STATS.add("non_utf8_lines_skipped")
-        if n <= 10:
-          logging.warning("%s:%d: skipping line that is not valid UTF-8 (%s); "
-                          "%d such line(s) so far", path, lineno, e.reason, n)
-        continue
-      if lineno == 1:
-        line = line.lstrip("\ufeff")
-      line = line.strip()
-      if mode == "line":
-        if len(line) >= min_chars:
-          yield line
-      elif line:
-        chunk.append(line)
-        chunk_chars += len(line) + 1
-      if mode == "paragraph" and chunk and (not line or chunk_chars >= max_chars):
-        text = " ".join(chunk)
-        chunk, chunk_chars = [], 0
-        if len(text) >= min_chars:
-          yield text
-  if chunk:
-    text = " ".join(chunk)
-    if len(text) >= min_chars:
-      yield text
-
-
 class TextFileSource(seqio.DataSource):
   """Plain-text files -> {'text': str}, one example per paragraph or line.
 
@@ -504,14 +446,10 @@ class TextFileSource(seqio.DataSource):
       files = files[shard_info.index::shard_info.num_shards]
     if shuffle:
       random.Random(seed).shuffle(files)
-    mode, min_chars, key = self._mode, self._min_chars, self._text_key
-
-    def gen():
-      for path in files:
-        yield from _iter_text(path, mode, min_chars)
-
-    ds = tf.data.Dataset.from_generator(
-        gen, output_signature=tf.TensorSpec([], tf.string))
+    key = self._text_key
+    # Pure tf.data (no Python generator): the trainer can checkpoint its
+    # position in this stream and resume without replaying it.
+    ds = text_files.read_text_files(files, self._mode, self._min_chars, SOURCE_STATS)
     return ds.map(lambda t: {key: t})
 
   def __repr__(self):

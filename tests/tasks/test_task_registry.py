@@ -14,6 +14,7 @@ from narlm import feature_converters as fc
 from narlm import vocabularies
 from narlm.tasks import preprocessors as prep
 from narlm.tasks import sources
+from narlm.tasks import text_files
 
 LENGTHS = {"inputs": 64, "targets": 66}
 
@@ -196,8 +197,9 @@ def test_books_local_and_splits():
 def test_pretraining_chunks_cover_the_text(wikitext_seed11):
   # targets are consecutive <= 32-token chunks of the first paragraphs
   bert = vocabularies.bert_vocabulary()
-  first_para = next(sources._iter_text(  # pylint: disable=protected-access
-      os.path.join(vocabularies.data_dir(), "pretrain", "wikitext2", "valid.txt"), "paragraph", 40))
+  path = os.path.join(vocabularies.data_dir(), "pretrain", "wikitext2", "valid.txt")
+  first_para = next(text_files.read_text_files(
+      [path], "paragraph", 40, sources.SOURCE_STATS).as_numpy_iterator()).decode("utf-8")
   ids = bert.encode(first_para)
   assert len(ids) > 64
   joined = [t for ex in wikitext_seed11 for t in ex["targets"].tolist()][:len(ids)]

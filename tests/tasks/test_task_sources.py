@@ -6,6 +6,7 @@ import pytest
 import seqio
 
 from narlm.tasks import sources
+from narlm.tasks import text_files
 
 
 def _write(path, data: bytes):
@@ -137,7 +138,8 @@ def test_text_source_no_files(tmp_path):
 
 def test_paragraphs_are_cut_at_max_chars(tmp_path):
   path = _write(tmp_path / "nolines.txt", b"".join(b"sentence %d here.\n" % i for i in range(10)))
-  chunks = list(sources._iter_text(str(path), "paragraph", 1, max_chars=40))  # pylint: disable=protected-access
+  ds = text_files.read_text_files([path], "paragraph", 1, sources.SOURCE_STATS, max_chars=40)
+  chunks = [t.decode() for t in ds.as_numpy_iterator()]
   assert chunks[0] == "sentence 0 here. sentence 1 here. sentence 2 here."
   assert " ".join(chunks) == " ".join(f"sentence {i} here." for i in range(10))
   assert all(len(c) < 60 for c in chunks)
