@@ -102,8 +102,9 @@ class TrainInput:
 
   Layout: MODEL_DIR/input_state/<step>/process_<i>/ holds `iterator.*`
   (tf.train.Checkpoint), `lookahead.npz` and `meta.json` (`fingerprint`:
-  what must match for the position to mean the same stream). Written through
-  tf.io.gfile into a temporary directory renamed when complete.
+  what must match for the position to mean the same stream), written last:
+  a directory without it is an incomplete write and is never read. Through
+  tf.io.gfile, so MODEL_DIR may be on gs://.
   """
 
   def __init__(self, ds, put: Callable, prefetch: int = 2, fingerprint: Optional[dict] = None):
@@ -146,23 +147,23 @@ class TrainInput:
   def save(self, model_dir: str, step: int, process: int = 0) -> None:
     """Saves the position after `step` finished steps."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    final = self._dir(model_dir, step, process)
-    tmp = f"{final}.tmp-{os.getpid()}"
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.rmtree(tmp)
-    tf.io.gfile.makedirs(tmp)
-    tf.train.Checkpoint(iterator=self._tf_iterator()).write(os.path.join(tmp, "iterator"))
+    directory = self._dir(model_dir, step, process)
+    if tf.io.gfile.exists(directory):  # a write that was cut off
+      tf.io.gfile.rmtree(directory)
+    tf.io.gfile.makedirs(directory)
+    tf.train.Checkpoint(iterator=self._tf_iterator()).write(os.path.join(directory, "iterator"))
     lookahead = {f"{i}/{k}": v for i, (host, _) in enumerate(self._queue) for k, v in host.items()}
     buffer = io.BytesIO()  # zip needs a seekable file; GFile's is not
     np.savez(buffer, **lookahead)
-    with tf.io.gfile.GFile(os.path.join(tmp, "lookahead.npz"), "wb") as f:
+    with tf.io.gfile.GFile(os.path.join(directory, "lookahead.npz"), "wb") as f:
       f.write(buffer.getvalue())
-    with tf.io.gfile.GFile(os.path.join(tmp, "meta.json"), "w") as f:
+    # meta.json last, by a file rename (atomic locally; object stores have no
+    # directory rename): a position without it is incomplete and never read.
+    meta = os.path.join(directory, "meta.json")
+    with tf.io.gfile.GFile(meta + ".tmp", "w") as f:
       json.dump({"step": step, "lookahead": len(self._queue),
                  "fingerprint": self.fingerprint}, f)
-    if tf.io.gfile.exists(final):
-      tf.io.gfile.rmtree(final)
-    tf.io.gfile.rename(tmp, final)
+    tf.io.gfile.rename(meta + ".tmp", meta, overwrite=True)
 
   def restore(self, model_dir: str, step: int, process: int = 0) -> Optional[str]:
     """Continues from the position saved after `step`; returns None, or why

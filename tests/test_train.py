@@ -377,6 +377,9 @@ def test_train_input_resumes_from_its_saved_position_without_replaying(tmp_path)
   other.replay(300)
   assert [next(other) for _ in range(5)] == expected
   assert sorted(produced)[:300] == list(range(300))  # the replay made them all again
+  # A write cut off before its meta.json is not a position.
+  (tmp_path / "input_state" / "300" / "process_0" / "meta.json").rename(tmp_path / "meta.json")
+  assert "no input position saved for step 300" in other.restore(str(tmp_path), 300)
   TrainInput.prune(str(tmp_path), keep_steps=[7])
   assert not (tmp_path / "input_state" / "300").exists()
 
