@@ -68,7 +68,6 @@ Array = jax.Array
 Cache = Dict[str, Any]
 
 
-
 def causal_mask(length: int) -> Array:
   """bool [1, 1, T, T]: query i may attend to keys 0..i."""
   return jnp.tril(jnp.ones((length, length), bool))[None, None]
