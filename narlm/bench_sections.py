@@ -52,10 +52,10 @@ from narlm.bench_common import (  # noqa: E402
 
 # ------------------------------------------------------------------ decode
 def nar_predict_fn(model, method: str):
-  def fn(params, tokens):
-    return model.predict_batch_with_aux(params, {"encoder_input_tokens": tokens},
-                                        decode_method=method, alpha=RATIO_FIRST_ALPHA)
-  return fn
+  """The predictor's program (narlm.predictor.predict_program) for one method."""
+  from narlm import predictor  # pylint: disable=g-import-not-at-top
+  return predictor.predict_program(model, (("alpha", RATIO_FIRST_ALPHA),
+                                           ("decode_method", method)))
 
 
 def nar_ratio_first_truncated_fn(model, alpha: float = RATIO_FIRST_ALPHA):
@@ -87,12 +87,10 @@ def nar_ratio_first_truncated_fn(model, alpha: float = RATIO_FIRST_ALPHA):
 def canvas_fn(model, iterations: int):
   """Mask-predict with T passes over a canvas as wide as the input (the
   predicted length only masks positions: the work per pass is the canvas
-  width's, whatever the random parameters predict)."""
-  def fn(params, tokens):
-    return model.predict_batch_with_aux(params, {"encoder_input_tokens": tokens},
-                                        decode_method="mask_predict", iterations=iterations,
-                                        max_decode_length=tokens.shape[1])
-  return fn
+  width's, whatever the random parameters predict): the predictor's program."""
+  from narlm import predictor  # pylint: disable=g-import-not-at-top
+  return predictor.predict_program(model, (("decode_method", "mask_predict"),
+                                           ("iterations", iterations)))
 
 
 def ar_forced_fn(model):

@@ -212,81 +212,38 @@ def check_vocabularies(name: str, loaded, task) -> None:
         "WordPiece runs, sentcomp_t5 for T5 runs)")
 
 
-def frame_input(model, ids: Sequence[int], max_length: int) -> list[int]:
-  """The encoder input of one tokenised source: truncated so that it fits
-  `max_length` positions together with the model's framing (e.g. `[CLS] x
-  [SEP]`, from `model.frame_source`; models without it use the ids as is)."""
-  ids = [int(i) for i in ids]
-  frame = getattr(model, "frame_source", None)
-  if frame is None:
-    return ids[:max_length]
-  overhead = len(frame([]))  # positions the framing adds (2 for [CLS] x [SEP])
-  return list(frame(ids[:max(max_length - overhead, 0)]))
+def decode_kwargs(loaded, method: str) -> dict[str, Any]:
+  """The `predict_batch_with_aux` arguments of a compare method ('viterbi',
+  'mask_predict@4', ...), checked against the run's model class (alpha,
+  chosen per call, is added by the caller for ratio_first)."""
+  base, refine_kwargs = split_method(method)
+  kind, expected = loaded.kind, METHOD_KINDS.get(base)
+  if expected is None:
+    raise ValueError(f"unknown method {base!r}; expected one of {tuple(METHOD_KINDS)}")
+  # By class name, subclasses included (no model module imported here).
+  lineage = [c.__name__ for c in type(loaded.model).__mro__]
+  if expected not in lineage:
+    usable = [m for m, k in METHOD_KINDS.items() if k in lineage]
+    hint = f" (use :{' or :'.join(usable)})" if usable else ""
+    raise ValueError(f"{loaded.model_dir}: method {base!r} needs "
+                     f"{KIND_NAMES.get(expected, expected)}, this is {kind}{hint}")
+  if base in ("viterbi", "ratio_first", "mask_predict_crf") and not loaded.model.module.use_crf:
+    raise ValueError(f"{loaded.model_dir}: method {base!r} needs a CRF, the run has none")
+  return {"decode_method": base, **refine_kwargs}
 
 
-class Decoder:
-  """Jitted, length-bucketed decoding of one loaded run with one method."""
+def make_predictor(loaded, batch_size: int):
+  """The run's `narlm.predictor.Predictor` at compare's buckets: inputs up to
+  the run's training input length, batches of 1 and `batch_size`."""
+  from narlm import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+  max_length = loaded.input_length or LENGTH_BUCKETS[-1]
+  return predictor_lib.Predictor(loaded.model, loaded.params, max_length=max_length,
+                                 length_buckets=LENGTH_BUCKETS, batch_buckets=(1, batch_size))
 
-  def __init__(self, loaded, method: str, max_length: int):
-    import jax  # pylint: disable=g-import-not-at-top
-    method, refine_kwargs = split_method(method)
-    kind, expected = loaded.kind, METHOD_KINDS.get(method)
-    if expected is None:
-      raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHOD_KINDS)}")
-    # By class name, subclasses included (no model module imported here).
-    lineage = [c.__name__ for c in type(loaded.model).__mro__]
-    if expected not in lineage:
-      usable = [m for m, k in METHOD_KINDS.items() if k in lineage]
-      hint = f" (use :{' or :'.join(usable)})" if usable else ""
-      raise ValueError(f"{loaded.model_dir}: method {method!r} needs "
-                       f"{KIND_NAMES.get(expected, expected)}, this is {kind}{hint}")
-    if (method in ("viterbi", "ratio_first", "mask_predict_crf")
-        and not loaded.model.module.use_crf):
-      raise ValueError(f"{loaded.model_dir}: method {method!r} needs a CRF, the run has none")
-    self.loaded, self.method, self.max_length = loaded, method, max_length
-    self.buckets = tuple(b for b in LENGTH_BUCKETS if b < max_length) + (max_length,)
-    self.pad_id = int(getattr(loaded.model.output_vocabulary, "pad_id", 0) or 0)
-    model = loaded.model
-    # Positions the framing adds to every source (2 for [CLS] x [SEP]).
-    self.overhead = len(frame_input(model, [], max_length))
 
-    def predict(params, tokens, alpha):
-      batch = {"encoder_input_tokens": tokens}
-      if method in AR_METHODS:
-        return model.predict_batch_with_aux(params, batch, decode_method="greedy")
-      if method in TAG_METHODS:
-        return model.predict_batch_with_aux(params, batch)
-      if method in MASK_PREDICT_METHODS:
-        return model.predict_batch_with_aux(params, batch, decode_method=method, **refine_kwargs)
-      return model.predict_batch_with_aux(params, batch, decode_method=method, alpha=alpha)
-
-    self._predict = jax.jit(predict, static_argnames=("alpha",))
-
-  def prepare(self, ids: Sequence[int]) -> list[int]:
-    """Task input ids -> the encoder input (truncated, framed)."""
-    return frame_input(self.loaded.model, ids, self.max_length)
-
-  def __call__(self, inputs: Sequence[Sequence[int]], alpha: Optional[float] = None
-               ) -> list[list[int]]:
-    """One padded batch of prepared inputs -> output id lists (cut at the first eos)."""
-    import jax  # pylint: disable=g-import-not-at-top
-    from narlm import decoding  # pylint: disable=g-import-not-at-top
-    # Prepared inputs have at most max_length positions, the largest bucket.
-    length = decoding.bucket(max(len(x) for x in inputs), self.buckets)
-    tokens = np.full((len(inputs), length), self.pad_id, np.int32)
-    for r, ids in enumerate(inputs):
-      tokens[r, :len(ids)] = ids
-    pred, aux = jax.block_until_ready(self._predict(self.loaded.params, tokens, alpha))
-    pred, lengths = np.asarray(pred), np.asarray(aux["length"])
-    return [pred[r, :lengths[r]].tolist() for r in range(len(inputs))]
-
-  def warm(self, batch_sizes: Sequence[int], alpha: Optional[float]) -> float:
-    """Compiles every (batch, bucket) program used; returns the seconds taken."""
-    t0 = time.perf_counter()
-    for b in batch_sizes:
-      for length in self.buckets:
-        self([[1] * length] * b, alpha)
-    return time.perf_counter() - t0
+def with_alpha(kwargs: Mapping[str, Any], alpha: Optional[float]) -> dict[str, Any]:
+  """`kwargs` plus ratio-first's alpha (only ratio_first takes one)."""
+  return dict(kwargs, alpha=alpha) if kwargs.get("decode_method") == "ratio_first" else dict(kwargs)
 
 
 def score(task, examples: Sequence[Mapping[str, Any]], predictions: Sequence[str],
@@ -316,42 +273,33 @@ def score(task, examples: Sequence[Mapping[str, Any]], predictions: Sequence[str
   return result
 
 
-def evaluate(decoder: Decoder, task, examples: Sequence[Mapping[str, Any]],
-             alpha: Optional[float], batch_size: int = 32,
-             per_example: Optional[str] = None) -> dict[str, Any]:
-  """Decodes `examples` at `batch_size`; returns metrics and timing."""
-  vocab = decoder.loaded.model.output_vocabulary
-  inputs = [decoder.prepare(ex["inputs"]) for ex in examples]
+def evaluate(predictor, kwargs: Mapping[str, Any], task, examples: Sequence[Mapping[str, Any]],
+             batch_size: int = 32, per_example: Optional[str] = None) -> dict[str, Any]:
+  """Decodes `examples` with `predictor` (chunks of `batch_size`, sorted by
+  length so that batches share a bucket, as a server would batch) and
+  `kwargs` (`decode_kwargs`, with alpha); returns metrics and timing."""
+  vocab = predictor.output_vocab
+  truncated, cut = predictor.num_truncated, predictor.num_cut
+  inputs = [predictor.prepare(ex["inputs"]) for ex in examples]
   t0 = time.perf_counter()
-  # Sorted by length so that batches share a bucket, as a server would batch.
-  order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-  by_position: dict[int, list[int]] = {}
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    chunk = [inputs[i] for i in idx]
-    rows = len(chunk)
-    if rows < batch_size:  # pad the last batch to a compiled shape
-      chunk = chunk + [chunk[-1]] * (batch_size - rows)
-    for i, out in zip(idx, decoder(chunk, alpha)[:rows]):
-      by_position[i] = out
+  outputs = predictor.predict(inputs, **kwargs)
   seconds = time.perf_counter() - t0
-  outputs = [by_position[i] for i in range(len(inputs))]
   predictions = [task.postprocess_fn(vocab.decode(ids), is_target=False) for ids in outputs]
   result = score(task, examples, predictions, outputs, per_example)
-  room = decoder.max_length - decoder.overhead
-  result["truncated_inputs"] = int(sum(len(ex["inputs"]) > room for ex in examples))
+  result["truncated_inputs"] = predictor.num_truncated - truncated
+  result["cut_outputs"] = predictor.num_cut - cut
   result["ms_per_sentence_batch%d" % batch_size] = 1000.0 * seconds / len(examples)
   return result
 
 
-def batch1_latency_ms(decoder: Decoder, examples: Sequence[Mapping[str, Any]],
-                      alpha: Optional[float]) -> float:
+def batch1_latency_ms(predictor, kwargs: Mapping[str, Any],
+                      examples: Sequence[Mapping[str, Any]]) -> float:
   """Median wall time (ms) of decoding one sentence at batch 1."""
   times = []
   for ex in examples:
-    ids = decoder.prepare(ex["inputs"])
+    ids = predictor.prepare(ex["inputs"])
     t0 = time.perf_counter()
-    decoder([ids], alpha)
+    predictor.predict([ids], **kwargs)
     times.append(1000.0 * (time.perf_counter() - t0))
   return statistics.median(times)
 
@@ -421,27 +369,28 @@ def compare(task_name: str, systems: Sequence[tuple[str, str, str]], *,
                             "validation_examples": len(dev), "test_examples": len(test)}
   for name, model_dir, method in systems:
     loaded = loaded_runs[model_dir]
-    max_length = loaded.input_length or LENGTH_BUCKETS[-1]
-    decoder = Decoder(loaded, method, max_length)
+    kwargs = decode_kwargs(loaded, method)
+    predictor = make_predictor(loaded, batch_size)
     entry: dict[str, Any] = {"model_dir": model_dir, "method": method, "kind": loaded.kind,
                              "train": _train_record(model_dir)}
     alpha = None
     if method == "ratio_first":
       sweep = {}
       for a in alphas:
-        decoder.warm([batch_size], a)
-        sweep[f"{a:g}"] = evaluate(decoder, task, dev, a, batch_size)
+        predictor.warm([batch_size], **with_alpha(kwargs, a))
+        sweep[f"{a:g}"] = evaluate(predictor, with_alpha(kwargs, a), task, dev, batch_size)
         log(f"[compare] {name} alpha={a:g} validation {metric}={sweep[f'{a:g}'][metric]:.2f}")
       alpha = max(alphas, key=lambda a: sweep[f"{a:g}"][metric])
       entry["alpha"] = alpha
       entry["alpha_sweep"] = {a: {k: v for k, v in r.items() if k != "samples"}
                               for a, r in sweep.items()}
       entry["validation"] = sweep[f"{alpha:g}"]
-    entry["compile_s"] = decoder.warm([1, batch_size], alpha)
+    kwargs = with_alpha(kwargs, alpha)
+    entry["compile_s"] = predictor.warm([1, batch_size], **kwargs)
     if method != "ratio_first":
-      entry["validation"] = evaluate(decoder, task, dev, alpha, batch_size)
-    entry["test"] = evaluate(decoder, task, test, alpha, batch_size, per_example)
-    entry["latency_ms_batch1"] = batch1_latency_ms(decoder, test[:latency_examples], alpha)
+      entry["validation"] = evaluate(predictor, kwargs, task, dev, batch_size)
+    entry["test"] = evaluate(predictor, kwargs, task, test, batch_size, per_example)
+    entry["latency_ms_batch1"] = batch1_latency_ms(predictor, kwargs, test[:latency_examples])
     entry["ms_per_sentence_batch%d" % batch_size] = entry["test"]["ms_per_sentence_batch%d"
                                                                   % batch_size]
     report["systems"][name] = entry

@@ -1,28 +1,21 @@
-"""Non-autoregressive decoding: argmax, CRF Viterbi, ratio-first; batching.
+"""Non-autoregressive decoding: argmax, CRF Viterbi, ratio-first, the cut at eos.
 
 All outputs are produced in one parallel pass over the encoder's hidden
-states. The functions here are pure (jit-friendly); `Generator` adds the
-host-side work: tokenise, pad to a length *bucket* so that a new input length
-does not trigger a recompile, call the jitted prediction, cut at the first
-eos and detokenise.
+states. The functions here are pure (jit-friendly); the host-side work
+(framing, bucketed padding, batching, detokenising) is `narlm.predictor`'s.
 """
 
 from __future__ import annotations
 
-import bisect
 import fractions
-import functools
-import logging
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 DECODE_METHODS = ("argmax", "viterbi", "ratio_first")
-DEFAULT_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
-DEFAULT_BATCH_BUCKETS = (1, 8, 32, 128)
 
 
 def check_decode_method(method: str) -> str:
@@ -143,117 +136,3 @@ def cut_at_first_eos(tokens: jnp.ndarray, eos_id: int, pad_id: int = 0,
   out = jnp.take_along_axis(tokens, order, axis=-1)
   out = jnp.where(jnp.arange(tokens.shape[-1])[None, :] < lengths[:, None], out, pad_id)
   return out, lengths
-
-
-def bucket(value: int, buckets: Sequence[int], what: str = "length") -> int:
-  """Smallest bucket >= value; a clear error when value exceeds the largest."""
-  i = bisect.bisect_left(list(buckets), value)
-  if i == len(buckets):
-    raise ValueError(f"{what} {value} exceeds the largest bucket {buckets[-1]}")
-  return buckets[i]
-
-
-def frame_source(model, ids: Sequence[int], max_length: int) -> list[int]:
-  """The model's encoder input for one tokenised source (framed as training
-  framed it, truncated to max_length positions); models without framing get
-  the ids truncated."""
-  frame = getattr(model, "frame_source", None)
-  if frame is None:
-    return [int(i) for i in ids][:max_length]
-  return frame(ids, max_length)
-
-
-MASK_TOKEN = "[MASK]"
-
-
-def encode_with_mask_tokens(vocab, text: str) -> list[int]:
-  """`vocab.encode(text)`, except that a literal "[MASK]" becomes the mask
-  token (as Hugging Face's BERT tokenizer does), so a user can ask a
-  pretraining run to fill gaps: "the [MASK] sat on the mat". Vocabularies
-  without a mask token encode the text as is."""
-  mask_id = getattr(vocab, "mask_id", None)
-  if mask_id is None or MASK_TOKEN not in text:
-    return list(vocab.encode(text))
-  ids: list[int] = []
-  for k, part in enumerate(text.split(MASK_TOKEN)):
-    if k:
-      ids.append(int(mask_id))
-    if part.strip():
-      ids.extend(vocab.encode(part))
-  return ids
-
-
-class Generator:
-  """Batched, jit-compiled text generation from a trained NagBertModel.
-
-  Example:
-    gen = Generator(model, params, max_length=64)
-    gen.generate(["some source sentence"], method="ratio_first", alpha=0.6)
-
-  Inputs longer than `max_length` tokens are truncated with a warning (the
-  count is kept in `self.num_truncated`). Length and batch are padded to
-  buckets so that at most len(length_buckets) * len(batch_buckets) programs
-  are compiled per decode method.
-  """
-
-  def __init__(self, model, params, *, max_length: int = 128,
-               length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
-               batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS):
-    self.model = model
-    self.params = params
-    self.vocab = model.input_vocabulary
-    self.output_vocab = model.output_vocabulary
-    self.max_length = max_length
-    self.length_buckets = tuple(b for b in length_buckets if b < max_length) + (max_length,)
-    self.batch_buckets = tuple(batch_buckets)
-    self.num_truncated = 0
-    self._predict = jax.jit(self._predict_impl, static_argnames=("method", "alpha"))
-
-  def _predict_impl(self, params, tokens, *, method, alpha):
-    batch = {"encoder_input_tokens": tokens}
-    return self.model.predict_batch_with_aux(params, batch, decode_method=method, alpha=alpha)
-
-  def encode(self, texts: Sequence[str]) -> list[list[int]]:
-    encoded = []
-    for i, text in enumerate(texts):
-      if not isinstance(text, str):
-        raise TypeError(f"input {i} is {type(text).__name__}, expected str")
-      if not text.strip():
-        raise ValueError(f"input {i} is empty")
-      ids = encode_with_mask_tokens(self.vocab, text)
-      room = self.max_length - getattr(self.model, "source_overhead", 0)
-      if len(ids) > room:
-        logging.warning("input %d has %d tokens; truncated to %d (max_length=%d)", i, len(ids),
-                        room, self.max_length)
-        self.num_truncated += 1
-      encoded.append(frame_source(self.model, ids, self.max_length))
-    return encoded
-
-  def generate(self, texts: Sequence[str], method: str = "viterbi",
-               alpha: Optional[float] = None) -> list[str]:
-    """Generate one output string per input text."""
-    return [self.output_vocab.decode(ids) for ids in self.generate_ids(texts, method, alpha)]
-
-  def generate_ids(self, texts: Sequence[str], method: str = "viterbi",
-                   alpha: Optional[float] = None) -> list[list[int]]:
-    # Models with their own methods (the canvas model's mask_predict) check them.
-    getattr(self.model, "check_decode_method", check_decode_method)(method)
-    if method == "ratio_first" and alpha is None:
-      raise ValueError("ratio_first decoding needs alpha")
-    encoded = self.encode(texts)
-    if not encoded:
-      return []
-    length = bucket(max(len(ids) for ids in encoded), self.length_buckets)
-    outputs: list[list[int]] = []
-    step = self.batch_buckets[-1]
-    for start in range(0, len(encoded), step):
-      chunk = encoded[start:start + step]
-      rows = bucket(len(chunk), self.batch_buckets, "batch size")
-      tokens = np.zeros((rows, length), np.int32)
-      for r, ids in enumerate(chunk):
-        tokens[r, :len(ids)] = ids
-      pred, aux = self._predict(self.params, jnp.asarray(tokens), method=method, alpha=alpha)
-      pred = np.asarray(pred)
-      lengths = np.asarray(aux["length"])
-      outputs.extend(pred[r, :lengths[r]].tolist() for r in range(len(chunk)))
-    return outputs

@@ -20,8 +20,9 @@ ArSeq2SeqModel run, `argmax`, `viterbi` or `ratio_first` (with `--alpha`
 unless the run binds RATIO_FIRST_ALPHA) for a NagBertModel run, `tag` for a
 TaggerModel run (a deletion teacher, whose outputs the aligned task
 sentcomp_distilled_aligned_bert lays over the source exactly). Decoding is
-`narlm.compare.Decoder`'s (length-bucketed, jitted); inputs longer than the
-run's input length are truncated as in training (counted in distill.json).
+`narlm.predictor.Predictor`'s (sources framed as in training, length-bucketed,
+jitted); inputs longer than the run's input length are truncated as in
+training (counted in distill.json).
 
 Output, `--out DIR` (the layout `{train,dev,test}.{src,tgt}` of
 `narlm.tasks.finetuning.SRC_TGT_SPLITS`):
@@ -114,27 +115,26 @@ def check_out(out: str, overwrite: bool) -> None:
                      "narlm.distill): refusing to replace it even with --overwrite")
 
 
-def decode_examples(decoder, examples: Sequence[dict], batch_size: int,
-                    alpha: Optional[float], log: Callable[[str], None]) -> tuple:
+def decode_examples(predictor, kwargs: dict, examples: Sequence[dict],
+                    log: Callable[[str], None]) -> tuple:
   """Teacher outputs for `examples`, in their order.
 
-  Returns (outputs: list of id lists, seconds). Batches are sorted by input
-  length (so they share a bucket) and the last one is padded to
-  `batch_size` rows, so only one batch shape per bucket is compiled.
+  The sources are framed and truncated as the teacher was trained
+  (`Predictor.prepare`); `kwargs` are its decoding arguments
+  (`narlm.compare.decode_kwargs`, with alpha). Returns (outputs: list of id
+  lists, seconds).
   """
-  inputs = [ex["inputs"][:decoder.max_length].tolist() for ex in examples]
+  inputs = [predictor.prepare(ex["inputs"]) for ex in examples]
   order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
   outputs: list = [None] * len(inputs)
+  step = 20 * predictor.batch_buckets[-1]  # a progress line per 20 batches
   t0 = time.perf_counter()
-  for n, start in enumerate(range(0, len(order), batch_size)):
-    idx = order[start:start + batch_size]
-    chunk = [inputs[i] for i in idx]
-    chunk += [chunk[-1]] * (batch_size - len(chunk))
-    for i, out in zip(idx, decoder(chunk, alpha)):
+  for start in range(0, len(order), step):
+    idx = order[start:start + step]
+    for i, out in zip(idx, predictor.predict([inputs[i] for i in idx], **kwargs)):
       outputs[i] = out
-    if n % 20 == 19:
-      log(f"[distill] {start + len(idx)}/{len(inputs)} decoded "
-          f"({time.perf_counter() - t0:.0f} s)")
+    log(f"[distill] {start + len(idx)}/{len(inputs)} decoded "
+        f"({time.perf_counter() - t0:.0f} s)")
   return outputs, time.perf_counter() - t0
 
 
@@ -198,8 +198,9 @@ def distill(model_dir: str, method: str, task_name: str, out: str, *,
   # early-stopped run's last checkpoint is past the optimum).
   step = teacher_step(model_dir)
   loaded = run_dirs.load_model(model_dir)
-  max_length = loaded.input_length or compare.LENGTH_BUCKETS[-1]
-  decoder = compare.Decoder(loaded, method, max_length)  # checks method vs. model
+  kwargs = compare.decode_kwargs(loaded, method)  # checks method vs. model
+  predictor = compare.make_predictor(loaded, batch_size)
+  max_length = predictor.max_length
   if method == "ratio_first" and alpha is None and getattr(
       loaded.model, "ratio_first_alpha", None) is None:
     raise ValueError("--method ratio_first needs --alpha (the run binds no RATIO_FIRST_ALPHA)")
@@ -225,13 +226,14 @@ def distill(model_dir: str, method: str, task_name: str, out: str, *,
       if split != "train":
         log(f"[distill] warning: distilling {split!r}, a split that is evaluated on")
       log(f"[distill] decoding {len(exs)} {split} examples with {method} (step {step})")
-      outputs, seconds = decode_examples(decoder, exs, batch_size, alpha, log)
+      truncated = predictor.num_truncated
+      outputs, seconds = decode_examples(predictor, compare.with_alpha(kwargs, alpha), exs, log)
       targets = [_one_line(vocab.decode(ids)) for ids in outputs]
       _write_lines(src, [_one_line(_text(ex["inputs_pretokenized"])) for ex in exs])
       _write_lines(tgt, targets)
       record["splits"][split] = {
           "examples": len(exs), "decode_s": seconds,
-          "truncated_inputs": int(sum(len(ex["inputs"]) > max_length for ex in exs)),
+          "truncated_inputs": predictor.num_truncated - truncated,
           "empty_outputs": sum(not t for t in targets),
           "mean_output_tokens": sum(map(len, outputs)) / len(outputs)}
     record["wall_s"] = time.time() - t0

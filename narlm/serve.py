@@ -36,7 +36,7 @@ machine's cores go to one XLA computation at a time and the per-method
 timings are not disturbed by other requests). Past `--max_pending` requests
 waiting for the lock, the server answers 503 instead of queueing more.
 
-Alpha is a static argument of the jitted prediction (`decoding.Generator`),
+Alpha is a static argument of the jitted prediction (`narlm.predictor.Predictor`),
 so each distinct alpha is a separate compiled program: the warm-up compiles
 `--alpha` and `--alphas` (a fixed set), and a request for any other value gets
 a 400 naming the allowed ones. No client can make the server compile.
@@ -60,7 +60,7 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
-from narlm import decoding
+from narlm import predictor as predictor_lib
 # The one run loader: config.gin builds MODEL, the checkpoint gives the params.
 from narlm.run_dirs import LoadedModel, load_model
 from narlm.serve_http import RequestError, make_server  # noqa: F401  (re-exported)
@@ -129,7 +129,7 @@ class GenerationService:
     nar: the NAG-BERT model (NagBertModel).
     ar: the autoregressive baseline (ArSeq2SeqModel), or None.
     limits: request limits.
-    length_buckets / batch_buckets: padding buckets (see decoding.Generator);
+    length_buckets / batch_buckets: padding buckets (see narlm.predictor.Predictor);
       both are capped at the limits (max_tokens, max_texts).
     methods: the methods to offer (default: every one the models support).
     alpha: ratio-first alpha compiled at warm-up and shown on the page
@@ -140,7 +140,7 @@ class GenerationService:
 
   def __init__(self, nar: LoadedModel, ar: Optional[LoadedModel] = None, *,
                limits: Limits = Limits(),
-               length_buckets: Sequence[int] = decoding.DEFAULT_LENGTH_BUCKETS,
+               length_buckets: Sequence[int] = predictor_lib.DEFAULT_LENGTH_BUCKETS,
                batch_buckets: Sequence[int] = (1, 8),
                methods: Optional[Sequence[str]] = None, alpha: Optional[float] = None,
                alphas: Sequence[float] = ()):
@@ -195,8 +195,8 @@ class GenerationService:
     self.batch_buckets = batch_buckets + (limits.max_texts,)
     gen_kwargs = dict(max_length=limits.max_tokens, length_buckets=length_buckets,
                       batch_buckets=self.batch_buckets)
-    self.nar_generator = decoding.Generator(nar.model, nar.params, **gen_kwargs)
-    self.ar_generator = (decoding.Generator(ar.model, ar.params, **gen_kwargs)
+    self.nar_generator = predictor_lib.Predictor(nar.model, nar.params, **gen_kwargs)
+    self.ar_generator = (predictor_lib.Predictor(ar.model, ar.params, **gen_kwargs)
                          if ar is not None else None)
     self.length_buckets = self.nar_generator.length_buckets
 
@@ -221,20 +221,21 @@ class GenerationService:
     return self.ar_generator if method == AR_METHOD else self.nar_generator
 
   def _decode_args(self, method: str, alpha: Optional[float]) -> dict[str, Any]:
-    if method == AR_METHOD:  # ArSeq2SeqModel: 'argmax' = greedy decoding
-      return {"method": "argmax", "alpha": None}
-    return {"method": method, "alpha": alpha if method == "ratio_first" else None}
+    """The Predictor's (predict_batch_with_aux's) arguments of a served method."""
+    if method == AR_METHOD:
+      return {"decode_method": "greedy"}
+    if method == "ratio_first":
+      return {"decode_method": method, "alpha": alpha}
+    return {"decode_method": method}
 
   def compiled_programs(self) -> Optional[int]:
     """Number of compiled prediction programs (None if JAX does not say)."""
     total = 0
     for gen in (self.nar_generator, self.ar_generator):
-      if gen is None:
-        continue
-      size = getattr(gen._predict, "_cache_size", None)  # pylint: disable=protected-access
-      if size is None:
+      count = 0 if gen is None else gen.compiled_programs()
+      if count is None:
         return None
-      total += size()
+      total += count
     return total
 
   def health(self) -> dict[str, Any]:
@@ -494,7 +495,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p.add_argument("--max_pending", type=int, default=64,
                  help="requests waiting for the model before the server answers 503")
   p.add_argument("--length_buckets", type=_int_list,
-                 default=decoding.DEFAULT_LENGTH_BUCKETS,
+                 default=predictor_lib.DEFAULT_LENGTH_BUCKETS,
                  help="comma-separated token-length buckets (capped at max_tokens)")
   p.add_argument("--batch_buckets", type=_int_list, default=(1, 8),
                  help="comma-separated batch buckets (capped at max_texts)")

@@ -9,7 +9,6 @@ import os
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from narlm import checksums
@@ -22,21 +21,28 @@ if TYPE_CHECKING:
 
 
 def _batched_predictions(trainer: Trainer, params, ds, batch_size: int, decode_kwargs):
-  """seqio predict_fn body: (index, features) dataset -> [(index, tokens)]."""
-  predict = trainer.compiled_predict(tuple(sorted(decode_kwargs.items())))
+  """seqio predict_fn body: (index, features) dataset -> [(index, tokens)].
+
+  Decoded by the trainer's `narlm.predictor.Predictor`, the one compare,
+  distill and serve use: each row is stripped of its padding and re-padded to
+  its length bucket, and an output that fills its bucket is decoded again
+  wider, up to the feature row's width (the widest this evaluation decoded
+  before the predictor existed).
+  """
+  pad_id = trainer.model.pad_id
   out = []
-  for batch in ds.batch(batch_size).as_numpy_iterator():
-    index, features = batch
-    n = len(index)
+  for index, features in ds.batch(batch_size).as_numpy_iterator():
     tokens = np.asarray(features["encoder_input_tokens"])
-    if n < batch_size:  # pad the last batch so it reuses the compiled program
-      tokens = np.concatenate([tokens, np.zeros((batch_size - n,) + tokens.shape[1:],
-                                                tokens.dtype)])
-    pred, aux = predict(params, {"encoder_input_tokens": jnp.asarray(tokens)})
-    # Full padded rows (pad after the cut), as t5x returns them: seqio stacks
-    # the predictions into one array, and its vocab.decode drops the padding.
-    pred = np.asarray(pred)
-    out.extend((int(index[i]), pred[i].tolist()) for i in range(n))
+    width = tokens.shape[1]
+    predictor = trainer.predictor(width, batch_size)
+    predictor.params = params
+    real = tokens != pad_id
+    lengths = np.where(real.any(axis=1), width - np.argmax(real[:, ::-1], axis=1), 1)
+    outputs = predictor.predict([row[:n].tolist() for row, n in zip(tokens, lengths)],
+                                **decode_kwargs)
+    # Full padded rows, as t5x returns them: seqio stacks the predictions into
+    # one array, and its vocab.decode drops the padding.
+    out.extend((int(i), o + [pad_id] * (width - len(o))) for i, o in zip(index, outputs))
   return out
 
 

@@ -47,7 +47,7 @@ class Trainer:
     self.state_shardings = None
     self._train_step = None
     self._eval_step = None
-    self._predict: dict[tuple, Any] = {}
+    self._predictors: dict[tuple, Any] = {}
 
   # -- initialisation
   def _init_fn(self, batch_shape: tuple[int, int]):
@@ -180,13 +180,17 @@ class Trainer:
                                    partitioning.data_sharding(self.mesh)))
     return self._eval_step
 
-  def compiled_predict(self, decode_items: tuple = ()):
-    """jitted predict_batch_with_aux, one per decoding configuration."""
-    if decode_items not in self._predict:
-      kwargs = dict(decode_items)
-      self._predict[decode_items] = jax.jit(
-          lambda p, b: self.model.predict_batch_with_aux(p, b, **kwargs))
-    return self._predict[decode_items]
+  def predictor(self, width: int, batch_size: int):
+    """The `narlm.predictor.Predictor` of training-time evaluation for rows of
+    `width` positions and batches of `batch_size` (the one compare, distill
+    and serve decode with); kept, with its compiled programs, across
+    evaluations: set its `params` before use."""
+    key = (width, batch_size)
+    if key not in self._predictors:
+      from narlm import predictor as predictor_lib  # pylint: disable=g-import-not-at-top
+      self._predictors[key] = predictor_lib.Predictor(self.model, None, max_length=width,
+                                                      batch_buckets=(batch_size,))
+    return self._predictors[key]
 
   def global_batch(self, local_batch: Mapping[str, np.ndarray]) -> Mapping[str, jax.Array]:
     """Per-host numpy batch -> global arrays split over the 'data' axis."""

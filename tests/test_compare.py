@@ -277,25 +277,6 @@ def test_tagger_run_is_compared_with_method_tag(tagger_run):
                   "--system", f"x={tagger_run}:viterbi"])
 
 
-class _Framing:
-  """A model with `frame_source` (either signature the base class may have)."""
-
-  def __init__(self, with_max_length):
-    if with_max_length:
-      self.frame_source = lambda ids, max_length=None: [101, *ids, 102]
-    else:
-      self.frame_source = lambda ids: [101, *ids, 102]
-
-
-@pytest.mark.parametrize("with_max_length", [False, True])
-def test_frame_input_frames_and_truncates(with_max_length):
-  model = _Framing(with_max_length)
-  assert compare.frame_input(model, [5, 6, 7], 8) == [101, 5, 6, 7, 102]
-  assert compare.frame_input(model, list(range(10, 20)), 6) == [101, 10, 11, 12, 13, 102]
-  # No frame_source: ids unchanged, truncated to max_length.
-  assert compare.frame_input(object(), list(range(10, 20)), 6) == list(range(10, 16))
-
-
 SMALL = ["--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 32}", "--gin.BATCH_SIZE=4",
          "--gin.LOG_PERIOD=1", "--gin.CHECKPOINT_ASYNC=False", "--gin.WARMUP_STEPS=0",
          "--gin.EVAL_STEPS=1", "--gin.EVALUATOR_NUM_EXAMPLES=8"]

@@ -63,40 +63,6 @@ def test_argmax_decode():
   np.testing.assert_allclose(score, [np.log(0.9) + np.log(0.7)], rtol=1e-5)
 
 
-def test_bucket_and_method_checks():
-  assert decoding.bucket(17, (16, 32, 64)) == 32
-  assert decoding.bucket(16, (16, 32, 64)) == 16
-  with pytest.raises(ValueError, match="exceeds the largest bucket 64"):
-    decoding.bucket(65, (16, 32, 64))
+def test_method_checks():
   with pytest.raises(ValueError, match="unknown decode method 'beam'"):
     decoding.check_decode_method("beam")
-
-
-def test_generator_buckets_lengths_and_batches_without_recompiling():
-  import jax
-  from test_models import make_model
-  model = make_model(vocab_size=20)
-  params = model.get_initial_variables(jax.random.PRNGKey(0),
-                                       {"encoder_input_tokens": (1, 8)})["params"]
-  gen = decoding.Generator(model, params, max_length=32, length_buckets=(8, 16),
-                           batch_buckets=(1, 4))
-  out = gen.generate(["3 4 5", "6 7 8 9 10"], method="viterbi")
-  assert len(out) == 2 and all(isinstance(o, str) for o in out)
-  compiled = gen._predict._cache_size()
-  gen.generate(["3 4 5 6 7 8", "9"], method="viterbi")  # same buckets (8, 4)
-  assert gen._predict._cache_size() == compiled
-  gen.generate(["3 " * 12], method="viterbi")  # length bucket 16, batch 1
-  assert gen._predict._cache_size() == compiled + 1
-  many = gen.generate_ids([str(i % 15 + 3) for i in range(9)], method="argmax")
-  assert len(many) == 9
-  ratio = gen.generate_ids(["3 4 5 6 7 8 9 10"], method="ratio_first", alpha=0.25)
-  assert len(ratio[0]) <= 0.25 * 8 + 2
-  long_text = " ".join(["5"] * 40)
-  gen.generate([long_text])
-  assert gen.num_truncated == 1
-  with pytest.raises(ValueError, match="input 0 is empty"):
-    gen.generate(["   "])
-  with pytest.raises(ValueError, match="ratio_first decoding needs alpha"):
-    gen.generate(["3 4"], method="ratio_first")
-  with pytest.raises(TypeError, match="input 1 is bytes"):
-    gen.generate(["3", b"4"])

@@ -21,6 +21,7 @@ import pytest
 
 from narlm import compare
 from narlm import distill
+from narlm import predictor
 from narlm import serve
 from test_serve import make_run
 
@@ -92,9 +93,11 @@ def args(model_dir, out, method="greedy", *extra, task="sentcomp_bert"):
 def _decoded_one_at_a_time(model_dir, method, max_length, n):
   """The teacher's outputs for the first n train examples, each at batch 1."""
   loaded = serve.load_model(model_dir)
-  decoder = compare.Decoder(loaded, method, max_length)
+  kwargs = compare.decode_kwargs(loaded, method)
+  gen = predictor.Predictor(loaded.model, loaded.params, max_length=max_length)
   vocab = loaded.model.output_vocabulary
-  return [vocab.decode(decoder([ex["inputs"][:max_length].tolist()])[0])
+  # Framed as the teacher was trained ([CLS] x [SEP]): distill once fed raw ids.
+  return [vocab.decode(gen.predict([gen.prepare(ex["inputs"])], **kwargs)[0])
           for ex in compare.load_examples("sentcomp_bert", "train", n)]
 
 
@@ -198,7 +201,7 @@ def test_a_held_out_line_range_is_written_from_the_task(runs, tmp_path, data_dir
 
 def test_a_failed_run_leaves_no_output_and_keeps_the_old_one(runs, tmp_path, monkeypatch):
   monkeypatch.setattr(distill, "decode_examples",
-                      lambda d, exs, *a: ([[1996]] * len(exs), 0.0))
+                      lambda p, k, exs, *a: ([[1996]] * len(exs), 0.0))
 
   def fail(*a):
     raise RuntimeError("killed while copying")

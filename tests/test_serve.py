@@ -325,7 +325,7 @@ def test_requests_past_max_pending_get_503(service):
   class Blocking:
     vocab = busy.nar_generator.vocab
 
-    def generate(self, texts, method, alpha):
+    def generate(self, texts, **decode_kwargs):
       entered.set()
       release.wait(30)
       return ["x"] * len(texts)
@@ -680,19 +680,20 @@ def test_a_pretraining_run_is_served_and_fills_masks(tmp_path, data_dir):
   experiment loads like any NAG-BERT run, and "[MASK]" in a request is the
   mask token it was trained to fill (one pass, like every request)."""
   del data_dir
-  from narlm import decoding
+  from narlm import predictor as predictor_lib
   run = str(tmp_path / "pretrain")
   make_run(run, ["narlm/gin/pretrain_cpu.gin"])
   loaded = serve.load_model(run)
-  gen = decoding.Generator(loaded.model, loaded.params, max_length=32, length_buckets=(16,),
-                           batch_buckets=(1,))
+  gen = predictor_lib.Predictor(loaded.model, loaded.params, max_length=32, length_buckets=(16,),
+                                batch_buckets=(1,))
   vocab = loaded.model.input_vocabulary
   ids = gen.encode(["the [MASK] sat on the [MASK]."])[0]
   m = vocab.mask_id
   assert ids[1:-1] == [*vocab.encode("the"), m, *vocab.encode("sat on the"), m,
                        *vocab.encode(".")]  # inside [CLS] ... [SEP]
-  assert decoding.encode_with_mask_tokens(vocab, "no masks here") == list(vocab.encode("no masks here"))
-  out = gen.generate(["the [MASK] sat on the [MASK]."], method="argmax")
+  assert predictor_lib.encode_with_mask_tokens(vocab, "no masks here") == list(
+      vocab.encode("no masks here"))
+  out = gen.generate(["the [MASK] sat on the [MASK]."], decode_method="argmax")
   assert len(out) == 1 and isinstance(out[0], str)
 
 
