@@ -50,7 +50,7 @@ def run(gin_files: Sequence[str], gin_bindings: Sequence[str], step: int) -> dic
   # The trainer's own binding (`train_dataset_cfg = @train/...DatasetConfig()`).
   cfg = gin.query_parameter("train_lib.train.train_dataset_cfg").scoped_configurable_fn()
   model = run_dirs.model_from_parsed_gin(str(list(gin_files)))
-  fingerprint = train_lib._input_fingerprint(cfg, 1)  # pylint: disable=protected-access
+  fingerprint = train_lib.input_fingerprint(cfg, 1)
 
   with tempfile.TemporaryDirectory() as model_dir:
     first = _stream(model, cfg, fingerprint)

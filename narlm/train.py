@@ -319,7 +319,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   # The input stream's position is checkpointed with the state: a resume
   # continues it instead of replaying every batch already consumed.
   train_input = TrainInput(train_ds, trainer.global_batch, prefetch=prefetch_batches,
-                           fingerprint=_input_fingerprint(train_dataset_cfg, num_processes))
+                           fingerprint=input_fingerprint(train_dataset_cfg, num_processes))
   if start_step:
     why_not = train_input.restore(model_dir, start_step, process)
     if why_not is None:
@@ -340,9 +340,10 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
     # Checksums of exactly what was saved: damage inside array data is then
     # caught at restore (orbax's files carry none).
     checksums.write(manager.directory, step, state)
-    checksums.prune(manager.directory, list(manager.all_steps()) + [step])
+    kept = list(manager.all_steps()) + [step]
+    checksums.prune(manager.directory, kept)
     if process == 0:
-      TrainInput.prune(model_dir, list(manager.all_steps()) + [step])
+      TrainInput.prune(model_dir, kept)
     last_saved = step
 
   step_fn = trainer.compiled_train_step()
@@ -454,7 +455,7 @@ def train(*, model, train_dataset_cfg: DatasetConfig, model_dir: str, train_step
   return last_metrics
 
 
-def _input_fingerprint(cfg: DatasetConfig, num_processes: int) -> dict:
+def input_fingerprint(cfg: DatasetConfig, num_processes: int) -> dict:
   """What a saved input position depends on: with any of it changed, the
   saved position is of another stream and the resume replays instead."""
   return {"task": cfg.mixture_or_task_name, "split": cfg.split, "batch_size": cfg.batch_size,
