@@ -50,8 +50,11 @@ training-time evaluation):
   ``ms_per_sentence_batch32`` = wall time to decode the whole test split at
   batch 32 / number of sentences. Inputs are padded to the smallest length
   bucket (16/32/64/128, capped at the run's input length) that holds them,
-  for every system alike; programs are compiled before timing. The AR model
-  may generate as many tokens as the bucket has positions, like NAR.
+  for every system alike (`narlm.predictor.Predictor`, the decoder training
+  evaluation, serve and distill use too); programs are compiled before
+  timing. An output that fills its bucket without an eos is decoded again in
+  the next wider one, up to the run's input length (``cut_outputs`` counts
+  those still full there).
 
 Inputs longer than the run's input length are truncated (counted in
 ``truncated_inputs``), as training truncated them.
