@@ -41,14 +41,15 @@ train() {  # system [seed]
   touch "$dir/train.done"
 }
 
-train_all() {  # system...
-  local running=0 sys
+train_all() {  # system...; stops the script (after the others end) if one fails
+  local running=0 failed=0 sys
   for sys in "$@"; do
     train "$sys" &
     running=$((running + 1))
-    if (( running >= JOBS )); then wait -n; running=$((running - 1)); fi
+    if (( running >= JOBS )); then wait -n || failed=1; running=$((running - 1)); fi
   done
-  wait
+  while (( running > 0 )); do wait -n || failed=1; running=$((running - 1)); done
+  if (( failed )); then echo "error: a training failed; see the logs in $OUT" >&2; exit 1; fi
 }
 
 plain=() distilled=()

@@ -21,6 +21,8 @@ args = sys.argv[1:]
 with open(os.environ["CALLS"], "a") as f:
   f.write(json.dumps({"args": args, "distilled_dir": os.environ.get("NARLM_DISTILLED_DIR")}) + "\n")
 module = args[1]
+if os.environ.get("FAIL_RUN") and any(os.environ["FAIL_RUN"] in a for a in args):
+  sys.exit(1)
 if module == "narlm.train":
   model_dir = next(a for a in args if a.startswith("--gin.MODEL_DIR=")).split("=", 1)[1].strip('"')
   os.makedirs(model_dir)
@@ -31,17 +33,19 @@ elif module == "narlm.distill":
 """
 
 
-def run_script(tmp_path, systems, seed="0"):
+def run_script(tmp_path, systems, seed="0", fail_run="", check=True):
   python = tmp_path / "python"
   python.write_text(FAKE_PYTHON)
   python.chmod(0o755)
   calls = tmp_path / "calls.jsonl"
   calls.unlink(missing_ok=True)
   env = dict(os.environ, PYTHON=str(python), CALLS=str(calls), SYSTEMS=systems, SEED=seed,
-             BUDGET="7")
-  subprocess.run(["bash", "scripts/quality_comparison.sh", str(tmp_path / "out")], cwd=REPO,
-                 env=env, check=True, capture_output=True, text=True, timeout=60)
-  return [json.loads(line) for line in calls.read_text().splitlines()]
+             BUDGET="7", FAIL_RUN=fail_run)
+  result = subprocess.run(["bash", "scripts/quality_comparison.sh", str(tmp_path / "out")],
+                          cwd=REPO, env=env, check=check, capture_output=True, text=True,
+                          timeout=60)
+  calls = [json.loads(line) for line in calls.read_text().splitlines()]
+  return (calls, result) if not check else calls
 
 
 def trained_dirs(calls):
@@ -86,3 +90,12 @@ def test_the_teacher_is_the_seed_0_tagger_whatever_the_seed(tmp_path):
                                  "sentcomp_nar_distilled_s1"]
   teacher_call = [c for c in calls if c["args"][1] == "narlm.train"][1]
   assert "--gin.RANDOM_SEED=0" in teacher_call["args"]
+
+
+def test_a_failed_training_stops_the_script_after_the_others_finish(tmp_path):
+  calls, result = run_script(tmp_path, "crf_aligned nar_aligned tagger", fail_run="crf_aligned",
+                             check=False)
+  assert result.returncode != 0 and "a training failed" in result.stderr
+  assert sorted(trained_dirs(calls)) == ["sentcomp_crf_aligned_s0", "sentcomp_nar_aligned_s0",
+                                         "sentcomp_tagger_s0"]
+  assert "narlm.compare" not in [c["args"][1] for c in calls]
