@@ -52,24 +52,13 @@ train_all() {  # system...; stops the script (after the others end) if one fails
   if (( failed )); then echo "error: a training failed; see the logs in $OUT" >&2; exit 1; fi
 }
 
+# What narlm.compare gets, and which stage trains each system; an unknown name
+# stops the script here, before hours of training.
 plain=() distilled=()
-for sys in $SYSTEMS; do
-  if [[ $sys == *_distilled ]]; then distilled+=("$sys"); else plain+=("$sys"); fi
-done
-train_all "${plain[@]}"
-if (( ${#distilled[@]} )); then
-  train tagger 0  # the teacher (already there when SYSTEMS has tagger and SEED is 0)
-  # distill writes its output atomically, distill.json last.
-  if [[ ! -f "$NARLM_DISTILLED_DIR/sentcomp/distill.json" ]]; then
-    "$PYTHON" -m narlm.distill --model_dir "$TEACHER" --method tag --task sentcomp_bert \
-      --out "$NARLM_DISTILLED_DIR/sentcomp" > "$OUT/distill.log" 2>&1
-  fi
-  train_all "${distilled[@]}"
-fi
-
 systems=()
 diffs=()
 for sys in $SYSTEMS; do
+  if [[ $sys == *_distilled ]]; then distilled+=("$sys"); else plain+=("$sys"); fi
   dir="$OUT/sentcomp_${sys}_s${SEED}"
   case $sys in
     crf) systems+=(--system "nar_crf=$dir:viterbi" --system "nar_crf_ratio_first=$dir:ratio_first"
@@ -91,6 +80,18 @@ done
 [[ " $SYSTEMS " == *" crf_aligned "* && " $SYSTEMS " == *" nar_aligned "* ]] && diffs+=(--diff "aligned_crf,aligned_nar")
 [[ " $SYSTEMS " == *" crf "* && " $SYSTEMS " == *" nar "* ]] && diffs+=(--diff "nar_crf,nar")
 [[ " $SYSTEMS " == *" crf_distilled "* && " $SYSTEMS " == *" nar_distilled "* ]] && diffs+=(--diff "distilled_crf,distilled_nar")
+
+train_all "${plain[@]}"
+if (( ${#distilled[@]} )); then
+  train tagger 0  # the teacher (already there when SYSTEMS has tagger and SEED is 0)
+  # distill writes its output atomically, distill.json last.
+  if [[ ! -f "$NARLM_DISTILLED_DIR/sentcomp/distill.json" ]]; then
+    "$PYTHON" -m narlm.distill --model_dir "$TEACHER" --method tag --task sentcomp_bert \
+      --out "$NARLM_DISTILLED_DIR/sentcomp" > "$OUT/distill.log" 2>&1
+  fi
+  train_all "${distilled[@]}"
+fi
+
 "$PYTHON" -m narlm.compare --task sentcomp_bert --key sentcomp --alphas 0.3,0.4,0.5,0.6,0.7,0.8,1.0 \
   "${systems[@]}" "${diffs[@]}" --out "$OUT/quality.json" > "$OUT/compare_sentcomp.log" 2>&1
 echo "wrote $OUT/quality.json"

@@ -39,13 +39,13 @@ def run_script(tmp_path, systems, seed="0", fail_run="", check=True):
   python.chmod(0o755)
   calls = tmp_path / "calls.jsonl"
   calls.unlink(missing_ok=True)
+  calls.touch()
   env = dict(os.environ, PYTHON=str(python), CALLS=str(calls), SYSTEMS=systems, SEED=seed,
              BUDGET="7", FAIL_RUN=fail_run)
   result = subprocess.run(["bash", "scripts/quality_comparison.sh", str(tmp_path / "out")],
                           cwd=REPO, env=env, check=check, capture_output=True, text=True,
                           timeout=60)
-  calls = [json.loads(line) for line in calls.read_text().splitlines()]
-  return (calls, result) if not check else calls
+  return [json.loads(line) for line in calls.read_text().splitlines()], result
 
 
 def trained_dirs(calls):
@@ -54,7 +54,7 @@ def trained_dirs(calls):
 
 
 def test_distilled_arms_wait_for_the_teacher_and_the_distilled_split(tmp_path):
-  calls = run_script(tmp_path, "crf_aligned crf_distilled nar_distilled prefix_lm_distilled")
+  calls, _ = run_script(tmp_path, "crf_aligned crf_distilled nar_distilled prefix_lm_distilled")
   modules = [c["args"][1] for c in calls]
   distill = modules.index("narlm.distill")
   before, after = trained_dirs(calls[:distill]), trained_dirs(calls[distill:])
@@ -80,12 +80,12 @@ def test_distilled_arms_wait_for_the_teacher_and_the_distilled_split(tmp_path):
 
 def test_finished_runs_and_distillation_are_reused(tmp_path):
   run_script(tmp_path, "crf_distilled tagger")
-  calls = run_script(tmp_path, "crf_distilled tagger")
+  calls, _ = run_script(tmp_path, "crf_distilled tagger")
   assert [c["args"][1] for c in calls] == ["narlm.compare"]
 
 
 def test_the_teacher_is_the_seed_0_tagger_whatever_the_seed(tmp_path):
-  calls = run_script(tmp_path, "tagger nar_distilled", seed="1")
+  calls, _ = run_script(tmp_path, "tagger nar_distilled", seed="1")
   assert trained_dirs(calls) == ["sentcomp_tagger_s1", "sentcomp_tagger_s0",
                                  "sentcomp_nar_distilled_s1"]
   teacher_call = [c for c in calls if c["args"][1] == "narlm.train"][1]
@@ -99,3 +99,9 @@ def test_a_failed_training_stops_the_script_after_the_others_finish(tmp_path):
   assert sorted(trained_dirs(calls)) == ["sentcomp_crf_aligned_s0", "sentcomp_nar_aligned_s0",
                                          "sentcomp_tagger_s0"]
   assert "narlm.compare" not in [c["args"][1] for c in calls]
+
+
+def test_an_unknown_system_stops_the_script_before_any_training(tmp_path):
+  calls, result = run_script(tmp_path, "crf_aligned crf_distiled", check=False)
+  assert result.returncode == 2 and "unknown system crf_distiled" in result.stderr
+  assert calls == []
