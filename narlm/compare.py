@@ -27,7 +27,10 @@ see narlm.compare_baselines) are scored the same way: ``copy`` predicts the
 source, ``lead`` its first ceil(r n) words with r chosen on validation over
 ``--lead_ratios``. ``--diff A,B`` (repeatable) reports the mean per-example
 test difference A - B (sentence ROUGE-L F1, or sentence BLEU for BLEU tasks)
-with a paired bootstrap 95% interval.
+with a paired bootstrap 95% interval. A side may join several systems with
+``+`` (``--diff crf_s0+crf_s1,nar_s0+nar_s1``): each example then scores the
+mean of their sentence scores, the seed-averaged difference (the interval
+resamples test examples, not seeds).
 
 Bad input (a missing or empty run directory, a run whose vocabulary is not
 the task's, an empty split, ...) is one ``error: ...`` line on stderr and
@@ -147,6 +150,8 @@ def parse_system(spec: str) -> tuple[str, str, str]:
   model_dir, sep2, method = rest.rpartition(":")
   if not sep or not sep2 or not name or not model_dir:
     raise ValueError(f"--system {spec!r}: expected NAME=MODEL_DIR:METHOD")
+  if "," in name or "+" in name:
+    raise ValueError(f"--system {spec!r}: a NAME may not contain ',' or '+' (--diff uses them)")
   try:
     base, _ = split_method(method)
   except ValueError as e:
@@ -159,11 +164,24 @@ def parse_system(spec: str) -> tuple[str, str, str]:
 
 
 def parse_diff(spec: str) -> tuple[str, str]:
-  """'A,B' -> (A, B)."""
+  """'A,B' -> (A, B).
+
+  A side may be a group 'A1+A2' (e.g. two seeds of one arm): its per-example
+  score is the mean of its members' (narlm.compare_baselines.differences).
+  """
   names = [n.strip() for n in spec.split(",")]
   if len(names) != 2 or not all(names) or names[0] == names[1]:
     raise ValueError(f"--diff {spec!r}: expected A,B (two different system names)")
-  return names[0], names[1]
+  sides = []
+  for side in names:
+    members = [m.strip() for m in side.split("+")]
+    if not all(members) or len(set(members)) != len(members):
+      raise ValueError(f"--diff {spec!r}: {side!r} is not one system name or distinct "
+                       "names joined by '+'")
+    sides.append("+".join(members))
+  if set(sides[0].split("+")) == set(sides[1].split("+")):
+    raise ValueError(f"--diff {spec!r}: expected A,B (two different system names)")
+  return sides[0], sides[1]
 
 
 def load_examples(task_name: str, split: str, limit: Optional[int] = None) -> list[dict]:
@@ -354,7 +372,7 @@ def compare(task_name: str, systems: Sequence[tuple[str, str, str]], *,
   if len(set(names)) != len(names):
     raise ValueError(f"system and baseline names must be unique, got {names}")
   for a, b in diffs:
-    unknown = [n for n in (a, b) if n not in names]
+    unknown = [n for n in a.split("+") + b.split("+") if n not in names]
     if unknown:
       raise ValueError(f"--diff {a},{b}: no system named {unknown[0]!r}; known: {names}")
   if diffs and per_example is None:
@@ -458,7 +476,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                       help="lead-baseline ratios r tried on the validation split")
   parser.add_argument("--diff", action="append", default=[],
                       help="A,B: mean test difference A - B with a paired bootstrap 95%% "
-                      "interval (repeatable)")
+                      "interval (repeatable); A or B may join systems with '+' (e.g. two "
+                      "seeds: a+b,c+d), scored per example by their mean")
   parser.add_argument("--bootstrap_samples", type=_positive("--bootstrap_samples"),
                       default=2000)
   parser.add_argument("--bootstrap_seed", type=int, default=0)

@@ -199,19 +199,31 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], num_samples: int = 
 
 def differences(report: dict[str, Any], pairs: Sequence[tuple[str, str]], num_samples: int,
                 seed: int) -> list[dict[str, Any]]:
-  """Paired bootstrap of each (A, B) on the systems' per-example test scores."""
+  """Paired bootstrap of each (A, B) on the systems' per-example test scores.
+
+  A side named 'x+y' is a group (e.g. seeds of one arm): its score on an
+  example is the mean of its members' scores there.
+  """
   out = []
   for a, b in pairs:
-    scores = []
-    for name in (a, b):
-      if name not in report["systems"]:
-        raise ValueError(f"--diff {a},{b}: no system {name!r}; known: "
-                         f"{sorted(report['systems'])}")
-      scores.append(report["systems"][name]["test"]["per_example"])
-    if scores[0]["metric"] != scores[1]["metric"]:
+    metrics, sides = set(), []
+    for side in (a, b):
+      members = []
+      for name in side.split("+"):
+        if name not in report["systems"]:
+          raise ValueError(f"--diff {a},{b}: no system {name!r}; known: "
+                           f"{sorted(report['systems'])}")
+        per_example = report["systems"][name]["test"]["per_example"]
+        metrics.add(per_example["metric"])
+        members.append(np.asarray(per_example["scores"], np.float64))
+      if len({len(m) for m in members}) != 1:
+        raise ValueError(f"--diff {a},{b}: the systems of {side!r} were scored on "
+                         "different numbers of test examples")
+      sides.append(np.mean(members, axis=0))
+    if len(metrics) != 1:
       raise ValueError(f"--diff {a},{b}: per-example metrics differ")
-    result = paired_bootstrap(scores[0]["scores"], scores[1]["scores"], num_samples, seed)
-    out.append({"a": a, "b": b, "metric": scores[0]["metric"], **result,
+    result = paired_bootstrap(sides[0], sides[1], num_samples, seed)
+    out.append({"a": a, "b": b, "metric": metrics.pop(), **result,
                 "num_samples": num_samples, "seed": seed})
   return out
 

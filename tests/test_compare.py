@@ -36,9 +36,39 @@ def test_parse_system_errors():
     compare.parse_system("x=/tmp/run:beam")
   assert compare.parse_system("t=/tmp/run:tag") == ("t", "/tmp/run", "tag")
   assert compare.parse_diff("a, b") == ("a", "b")
-  for bad in ("a", "a,a", "a,b,c", ",b"):
+  for bad in ("a", "a,a", "a,b,c", ",b", "a+b,b+a"):
     with pytest.raises(ValueError, match="expected A,B"):
       compare.parse_diff(bad)
+  assert compare.parse_diff("c0 + c1, n0+n1") == ("c0+c1", "n0+n1")
+  for bad in ("a+,b", "a+a,b", "+a,b"):
+    with pytest.raises(ValueError, match="distinct names joined by"):
+      compare.parse_diff(bad)
+  for bad in ("a+b=/tmp/run:argmax", "a,b=/tmp/run:argmax"):
+    with pytest.raises(ValueError, match="may not contain"):
+      compare.parse_system(bad)
+
+
+def test_group_differences_average_the_members_per_example():
+  def entry(scores, metric="rougeL"):
+    return {"test": {"per_example": {"metric": metric, "scores": list(scores)}}}
+  rng = np.random.default_rng(0)
+  s = {name: rng.uniform(0, 100, 50) for name in ("c0", "c1", "n0", "n1")}
+  report = {"systems": {name: entry(v) for name, v in s.items()}}
+  (group, single) = compare_baselines.differences(
+      report, [("c0+c1", "n0+n1"), ("c0", "n0")], 500, seed=3)
+  want = (s["c0"] + s["c1"]) / 2 - (s["n0"] + s["n1"]) / 2
+  assert (group["a"], group["b"]) == ("c0+c1", "n0+n1")
+  assert group["mean"] == pytest.approx(want.mean())
+  assert group == {**group, **compare.paired_bootstrap(want, np.zeros(50), 500, seed=3)}
+  assert single["mean"] == pytest.approx((s["c0"] - s["n0"]).mean())
+  report["systems"]["b"] = entry(range(50), metric="bleu")
+  with pytest.raises(ValueError, match="per-example metrics differ"):
+    compare_baselines.differences(report, [("c0+b", "n0")], 10, 0)
+  report["systems"]["short"] = entry(range(49))
+  with pytest.raises(ValueError, match="different numbers of test examples"):
+    compare_baselines.differences(report, [("c0+short", "n0")], 10, 0)
+  with pytest.raises(ValueError, match="no system 'c2'"):
+    compare_baselines.differences(report, [("c0+c2", "n0")], 10, 0)
 
 
 # -------------------------------------------------------- baselines, stats
