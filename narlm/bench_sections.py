@@ -318,10 +318,10 @@ def measure_train(p: Mapping[str, Any], prep: Mapping[str, Any], runs: Mapping[s
 
 # ------------------------------------------------------------- crf forward
 def prepare_crf_forward(p: Mapping[str, Any], vocab: int, rng: np.random.Generator) -> dict:
-  from narlm import crf_ops  # pylint: disable=g-import-not-at-top
+  from narlm import crf_core, crf_ops  # pylint: disable=g-import-not-at-top
   tokens = p["crf_tokens"]
   rank = 32
-  core_fn = getattr(crf_ops, "_log_partition_core", None)
+  core_fn = crf_core.log_partition
   cells, jobs = [], {}
   for t_len in p["crf_lengths"]:
     batch = max(1, tokens // t_len)
@@ -344,7 +344,7 @@ def prepare_crf_forward(p: Mapping[str, Any], vocab: int, rng: np.random.Generat
         cell["args"]["full"] = (em, e1, e2)
         for name, par in (("scan", False), ("parallel", True)):
           jobs[(t_len, k, "full", name)] = compile_job(functools.partial(full, par), em, e1, e2)
-      if core_fn is not None and k in p["crf_core_beams"]:
+      if k in p["crf_core_beams"]:
         cand_tokens, cand_em = crf_ops.beam_candidates(em, k, tgt)
         trans = crf_ops.beam_transitions(cand_tokens, e1, e2)
         cand_em, trans = jax.block_until_ready((cand_em, trans))
