@@ -157,7 +157,8 @@ class BestTracker:
     self.best_value: Optional[float] = None
     self.best_step: Optional[int] = None
     self.evals_since_best = 0
-    if metric and start_step and tf.io.gfile.exists(self.curve_path):
+    if start_step and tf.io.gfile.exists(self.curve_path):
+      kept, dropped = [], 0
       with tf.io.gfile.GFile(self.curve_path) as f:
         for line in f:
           try:
@@ -165,7 +166,20 @@ class BestTracker:
           except ValueError:
             continue  # a line cut short by a kill
           if record.get("step", start_step + 1) <= start_step:
-            self._observe(record["step"], record.get(f"eval/{metric}"))
+            kept.append(line if line.endswith("\n") else line + "\n")
+            if metric:
+              self._observe(record["step"], record.get(f"eval/{metric}"))
+          else:
+            dropped += 1
+      if dropped and write:
+        # Evaluations made after the restored checkpoint (before a kill) are
+        # made again by the resumed run; keeping them would list those steps twice.
+        tmp = self.curve_path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+          f.write("".join(kept))
+        tf.io.gfile.rename(tmp, self.curve_path, overwrite=True)
+        console.say("resume: %d evaluation(s) after step %d dropped from %s; they are "
+                    "made again", dropped, start_step, self.curve_path)
 
   def _better(self, value: float) -> bool:
     if self.best_value is None:
@@ -201,6 +215,10 @@ class BestTracker:
     options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                            enable_async_checkpointing=False)
     with ocp.CheckpointManager(_best_checkpoint_dir(self.model_dir), options=options) as m:
+      if step in m.all_steps():
+        # A best checkpoint written after the last regular checkpoint, before
+        # a kill: the resumed run has just recomputed that state; replace it.
+        m.delete(step)
       m.save(step, args=ocp.args.StandardSave({"params": params}), force=True)
       m.wait_until_finished()
     checksums.write(_best_checkpoint_dir(self.model_dir), step, {"params": params})

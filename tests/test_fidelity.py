@@ -207,6 +207,27 @@ def test_best_tracker_selects_saves_stops_and_resumes(tmp_path):
     resumed.update(50, {"eval/loss": 1.0}, params)
 
 
+def test_best_tracker_resumes_past_a_best_checkpoint_newer_than_the_restored_step(tmp_path):
+  """A kill after a new best was saved but before the next regular checkpoint:
+  the resumed run evaluates that step again; it must replace the best
+  checkpoint (orbax refused: 'Checkpoint for step 40 already exists') and the
+  curve must list the step once."""
+  run = str(tmp_path)
+  tracker = train.BestTracker(run, "t/rougeL", "max", patience=4, start_step=0)
+  for step, value in [(10, 40.0), (20, 45.0), (30, 44.0), (40, 46.0)]:
+    tracker.update(step, {"eval/t/rougeL": value}, {"w": jnp.full((2,), float(step))})
+  assert train.best_checkpoint_step(run) == 40
+  resumed = train.BestTracker(run, "t/rougeL", "max", patience=4, start_step=30)
+  assert resumed.best_step == 20 and resumed.evals_since_best == 1
+  lines = (tmp_path / "validation_curve.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == [10, 20, 30]
+  assert not resumed.update(40, {"eval/t/rougeL": 46.0}, {"w": jnp.full((2,), 41.0)})
+  assert resumed.best_step == 40 and train.best_checkpoint_step(run) == 40
+  np.testing.assert_array_equal(train.restore_params(run)["w"], [41.0, 41.0])
+  lines = (tmp_path / "validation_curve.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == [10, 20, 30, 40]
+
+
 # --------------------------------------------------- source-aligned targets
 def test_source_aligned_targets_keep_or_pad_each_source_position():
   from narlm.tasks import preprocessors as prep
