@@ -114,6 +114,17 @@ def _read(manager, step: int) -> PyTree:
         path=checkpoints.step_path(root, step)) from e
 
 
+def _write_text_atomically(path: str, text: str) -> None:
+  """Writes `path` through a temp file and a rename: a kill leaves the old
+  file or the new one, never half of one (atomic locally; object stores have
+  no directory rename, but a file rename is still all-or-nothing)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(text)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
 def _append_jsonl(path: str, record: Mapping[str, Any]) -> None:
   """One JSON line per log step: easy to read back (tests, plots)."""
   import json  # pylint: disable=g-import-not-at-top
