@@ -73,9 +73,9 @@ def write(root, step: int, tree: Any) -> None:
   sums = compute(tree)
   if jax.process_index() != 0:
     return
-  from narlm.run_dirs import _write_text_atomically  # pylint: disable=g-import-not-at-top
+  from narlm.run_dirs import write_text_atomically  # pylint: disable=g-import-not-at-top
   tf.io.gfile.makedirs(_dir(root))
-  _write_text_atomically(_path(root, step), json.dumps(sums, sort_keys=True))
+  write_text_atomically(_path(root, step), json.dumps(sums, sort_keys=True))
 
 
 def prune(root, keep_steps) -> None:

@@ -80,6 +80,7 @@ import numpy as np
 from narlm import compare_baselines as baselines_lib
 from narlm.compare_baselines import paired_bootstrap  # noqa: F401  (public API)
 from narlm.compare_report import TABLE_METRICS, summary, to_json, to_markdown  # noqa: F401
+from narlm.run_dirs import write_text_atomically
 
 # Decode method -> the model class (run_dirs.LoadedModel.kind) that runs it.
 METHOD_KINDS = {"argmax": "NagBertModel", "viterbi": "NagBertModel",
@@ -525,10 +526,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     document.setdefault("tasks", {})
   document["tasks"][args.key or args.task] = report
   if args.out:
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(to_json(document) + "\n")
-    os.replace(tmp, args.out)
+    write_text_atomically(args.out, to_json(document) + "\n")
   print(to_json(report) if args.json else summary(args.key or args.task, report, args.out))
   return report
 

@@ -114,7 +114,7 @@ def _read(manager, step: int) -> PyTree:
         path=checkpoints.step_path(root, step)) from e
 
 
-def _write_text_atomically(path: str, text: str) -> None:
+def write_text_atomically(path: str, text: str) -> None:
   """Writes `path` through a temp file and a rename: a kill leaves the old
   file or the new one, never half of one (atomic locally; object stores have
   no directory rename, but a file rename is still all-or-nothing)."""

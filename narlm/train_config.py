@@ -98,9 +98,9 @@ def write_config(model_dir: Optional[str], text: str) -> None:
   if not model_dir or jax.process_index() != 0:
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from narlm.run_dirs import _write_text_atomically  # pylint: disable=g-import-not-at-top
+  from narlm.run_dirs import write_text_atomically  # pylint: disable=g-import-not-at-top
   tf.io.gfile.makedirs(model_dir)
-  _write_text_atomically(os.path.join(model_dir, "config.gin"), text)
+  write_text_atomically(os.path.join(model_dir, "config.gin"), text)
 
 
 def _bound_model_dir(fn) -> Optional[str]:

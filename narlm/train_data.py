@@ -159,11 +159,9 @@ class TrainInput:
       f.write(buffer.getvalue())
     # meta.json last, by a file rename (atomic locally; object stores have no
     # directory rename): a position without it is incomplete and never read.
-    meta = os.path.join(directory, "meta.json")
-    with tf.io.gfile.GFile(meta + ".tmp", "w") as f:
-      json.dump({"step": step, "lookahead": len(self._queue),
-                 "fingerprint": self.fingerprint}, f)
-    tf.io.gfile.rename(meta + ".tmp", meta, overwrite=True)
+    from narlm.run_dirs import write_text_atomically  # pylint: disable=g-import-not-at-top
+    write_text_atomically(os.path.join(directory, "meta.json"), json.dumps(
+        {"step": step, "lookahead": len(self._queue), "fingerprint": self.fingerprint}))
 
   def restore(self, model_dir: str, step: int, process: int = 0) -> Optional[str]:
     """Continues from the position saved after `step`; returns None, or why

@@ -13,7 +13,7 @@ import numpy as np
 
 from narlm import checksums
 from narlm import console
-from narlm.run_dirs import _append_jsonl, _best_checkpoint_dir, _write_text_atomically
+from narlm.run_dirs import _append_jsonl, _best_checkpoint_dir, write_text_atomically
 from narlm.train_data import get_dataset, get_task_or_mixture
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ class BestTracker:
       if dropped and write:
         # Evaluations made after the restored checkpoint (before a kill) are
         # made again by the resumed run; keeping them would list those steps twice.
-        _write_text_atomically(self.curve_path, "".join(kept))
+        write_text_atomically(self.curve_path, "".join(kept))
         console.say("resume: %d evaluation(s) after step %d dropped from %s; they are "
                     "made again", dropped, start_step, self.curve_path)
 
