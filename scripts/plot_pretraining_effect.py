@@ -1,7 +1,9 @@
 """Curves of the pretraining experiment (BENCHMARKS.md, "Does NAR pretraining
 help fine-tuning?"): the pretraining arms' validation loss, and every arm's
 sentcomp dev ROUGE-L on a total-compute axis (a fine-tuning run that starts
-from a pretraining run is shifted right by that run's CPU seconds).
+from a pretraining run is shifted right by that run's CPU seconds). Arms whose
+run directory is not under RUNS are left out, so one script draws every
+session's subset of the arms.
 
   python scripts/plot_pretraining_effect.py RUNS docs/pretraining_effect.png
 """
@@ -20,15 +22,22 @@ def cpu_seconds(run):
 
 
 pretraining = {"(b) NAR denoising": "pretrain_nar", "(c) both-ways": "pretrain_both_ways",
-               "(d) plain MLM": "pretrain_mlm"}
-pretraining = {"(b) NAR denoising": "pretrain_nar", "(c) both-ways": "pretrain_both_ways",
+               "(d) plain MLM": "pretrain_mlm",
                "(d') masking, all positions": "pretrain_mlm_allpos"}
 finetuning = {"(a) from scratch": ("tagger_scratch", None),
               "(e) from scratch, long": ("tagger_scratch_long", None),
               "(b) NAR denoising": ("tagger_nar", "pretrain_nar"),
+              "(b) NAR denoising, to convergence": ("tagger_nar_long", "pretrain_nar"),
               "(c) both-ways": ("tagger_both_ways", "pretrain_both_ways"),
+              "(d) plain MLM": ("tagger_mlm", "pretrain_mlm"),
               "(d') masking, all positions": ("tagger_mlm_allpos", "pretrain_mlm_allpos"),
               "(d') 2nd seed": ("tagger_mlm_allpos_seed1", "pretrain_mlm_allpos")}
+# Seeded runs (tagger_nar_s0, _s1, ...) are drawn as one curve per seed.
+finetuning = {f"{label}{f', seed {seed}' if seed is not None else ''}":
+              (f"{ft}_s{seed}" if seed is not None else ft, pre)
+              for label, (ft, pre) in finetuning.items() for seed in (None, 0, 1)
+              if (runs / (f"{ft}_s{seed}" if seed is not None else ft)).is_dir()}
+pretraining = {k: v for k, v in pretraining.items() if (runs / v).is_dir()}
 panels = {
     "pretraining: validation loss (each objective its own)": {
         "metric": "eval/loss", "ylabel": "validation loss",
