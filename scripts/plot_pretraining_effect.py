@@ -33,10 +33,10 @@ finetuning = {"(a) from scratch": ("tagger_scratch", None),
               "(d') masking, all positions": ("tagger_mlm_allpos", "pretrain_mlm_allpos"),
               "(d') 2nd seed": ("tagger_mlm_allpos_seed1", "pretrain_mlm_allpos")}
 # Seeded runs (tagger_nar_s0, _s1, ...) are drawn as one curve per seed.
-finetuning = {f"{label}{f', seed {seed}' if seed is not None else ''}":
-              (f"{ft}_s{seed}" if seed is not None else ft, pre)
-              for label, (ft, pre) in finetuning.items() for seed in (None, 0, 1)
-              if (runs / (f"{ft}_s{seed}" if seed is not None else ft)).is_dir()}
+seeded = [(label, ft, pre, seed) for label, (ft, pre) in finetuning.items() for seed in (None, 0, 1)]
+finetuning = {label + ("" if seed is None else f", seed {seed}"):
+              (name, pre) for label, ft, pre, seed in seeded
+              for name in [ft if seed is None else f"{ft}_s{seed}"] if (runs / name).is_dir()}
 pretraining = {k: v for k, v in pretraining.items() if (runs / v).is_dir()}
 panels = {
     "pretraining: validation loss (each objective its own)": {
