@@ -496,6 +496,11 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
   parser.add_argument("--json", action="store_true",
                       help="print the whole report as JSON (default: a table and samples)")
   args = parser.parse_args(argv)
+  # Checked before minutes of decoding, and as a ValueError (one line), not
+  # the filesystem's error from the write at the end.
+  out_dir = os.path.dirname(os.path.abspath(args.out)) if args.out else None
+  if out_dir and not os.path.isdir(out_dir):
+    raise ValueError(f"--out {args.out}: its directory {out_dir} does not exist")
   systems = [parse_system(s) for s in args.system]
   diffs = [parse_diff(d) for d in args.diff]
   baselines = (None if args.baselines is None else

@@ -50,6 +50,8 @@ CASES = [
      r"no_such_task"),
     ("compare", _compare, lambda t: ["--task", "sentcomp_bert", "--system", f"x={t}/nowhere:argmax"],
      r"nowhere"),
+    ("compare", _compare, lambda t: ["--task", "sentcomp_bert", "--out", f"{t}/no_dir/q.json"],
+     r"--out .*no_dir"),
     ("distill", _distill, lambda t: ["--model_dir", f"{t}/nowhere", "--method", "argmax",
                                      "--task", "sentcomp_bert", "--out", f"{t}/out"], r"nowhere"),
     ("bench", _bench, lambda t: ["--quick", "--lengths", "a"], r"--lengths 'a'"),
