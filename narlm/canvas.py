@@ -39,6 +39,12 @@ re-masked clamped (their emissions are the only allowed class), so the CRF
 orders the re-predicted tokens against their fixed neighbours. The
 candidate with the best mean token log-probability wins. T = 1 is one-pass
 decoding; one model serves every T.
+
+A second start (`narlm.canvas_draft`): with ``draft_weight > 0`` the model
+also trains NAG-BERT's head on its source states, and ``refine_draft`` /
+``refine_draft_crf`` begin from that one-pass draft (its length and tokens)
+instead of from [MASK]s, so pass 1 is one-pass NAG-BERT and passes 2 .. T
+refine it.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from narlm import canvas_draft
 from narlm import decoding
 from narlm import losses
 from narlm import output_vocab as output_vocab_lib
@@ -61,6 +68,9 @@ from narlm.modules.network import OutputHeadNetwork, make_crf
 
 SOURCE_SEGMENT, CANVAS_SEGMENT = 0, 1
 MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf")
+DECODE_METHODS = MASK_PREDICT_METHODS + canvas_draft.DRAFT_METHODS
+# Canvas widths mask-predict's passes run at (below the full M + 1).
+CANVAS_WIDTHS = (8, 16, 32, 64)
 # A clamped position's other classes: low enough for Viterbi never to pick
 # them, finite so that no beam score becomes inf - inf.
 _CLAMP = -1e9
@@ -105,7 +115,8 @@ class CanvasNetwork(OutputHeadNetwork):
     """int [B, S] -> (source, length_logits float32 [B, max_canvas_length + 1]).
 
     source = {'kv': per layer (keys, values) [B, S, H, Dh], 'mask': bool
-    [B, S], 'length': int [B] non-pad source positions}.
+    [B, S], 'length': int [B] non-pad source positions, 'states': float
+    [B, S, D] the top source states (the draft head's input)}.
     """
     mask = source_tokens != self.config.pad_id
     x = self.bert.encoder.embeddings(source_tokens, jnp.full_like(source_tokens, SOURCE_SEGMENT),
@@ -115,8 +126,18 @@ class CanvasNetwork(OutputHeadNetwork):
       x, kv = layer(x, mask, deterministic, return_kv=True)
       kvs.append(kv)
     length_logits = self.length_head(x[:, 0]).astype(jnp.float32)
-    source = {"kv": kvs, "mask": mask, "length": mask.sum(axis=-1).astype(jnp.int32)}
+    source = {"kv": kvs, "mask": mask, "length": mask.sum(axis=-1).astype(jnp.int32),
+              "states": x}
     return source, length_logits
+
+  def draft_logits(self, source: PyTree, deterministic: bool = True) -> jnp.ndarray:
+    """NAG-BERT's one pass over the source segment: float32 emissions
+    [B, S, V'] from `encode_source`'s top states (`narlm.canvas_draft`)."""
+    x = self.dropout(source["states"], deterministic=deterministic)
+    ids = None if self.output_vocab is None else jnp.asarray(self.output_vocab.ids)
+    logits = self.bert.logits(x, output_ids=ids)
+    assert logits.shape == source["states"].shape[:2] + (self.output_size,), logits.shape
+    return logits
 
   def canvas_logits(self, source: PyTree, canvas_tokens: jnp.ndarray,
                     deterministic: bool = True) -> jnp.ndarray:
@@ -160,6 +181,7 @@ class CanvasNetwork(OutputHeadNetwork):
   def initialize(self, source_tokens: jnp.ndarray, canvas_tokens: jnp.ndarray):
     """Touches every parameter (for `init`)."""
     logits, length_logits = self(source_tokens, canvas_tokens)
+    # (the draft head is bert/head, the canvas head: no parameter of its own)
     if self.use_crf:
       mask = jnp.ones(canvas_tokens.shape, bool)
       return self.crf(logits, jnp.zeros(canvas_tokens.shape, jnp.int32), mask), length_logits
@@ -223,9 +245,14 @@ class CanvasModel(GeneratorModel):
       masked ones.
     glancing_ratio: 0 = uniform masking ratio; > 0 = GLAT's glancing sampler.
     decode_method: 'mask_predict' (argmax tokens each pass) or
-      'mask_predict_crf' (Viterbi each pass; needs the CRF).
+      'mask_predict_crf' (Viterbi each pass; needs the CRF); 'refine_draft' /
+      'refine_draft_crf' start from the source-aligned draft (needs a model
+      trained with draft_weight > 0; `narlm.canvas_draft`).
     iterations: T, passes per decode.
-    length_beam: candidate lengths decoded in parallel per input.
+    length_beam: candidate lengths decoded in parallel per input (1 for the
+      draft methods: the draft fixes the length).
+    draft_weight: weight of the source-aligned draft loss (NAG-BERT's loss on
+      the source states); 0 trains no draft.
   """
 
   def __init__(self, module: CanvasNetwork, input_vocabulary, output_vocabulary,
@@ -233,7 +260,8 @@ class CanvasModel(GeneratorModel):
                length_weight: float = 0.1, label_smoothing: float = 0.0,
                loss_on_all_positions: bool = False, glancing_ratio: float = 0.0,
                decode_method: str = "mask_predict", iterations: int = 4, length_beam: int = 1,
-               frame_inputs: bool = True, loss_normalizing_factor: Optional[float] = None):
+               draft_weight: float = 0.0, frame_inputs: bool = True,
+               loss_normalizing_factor: Optional[float] = None):
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
                      why_eos="canvas targets end in eos", frame_inputs=frame_inputs,
                      loss_normalizing_factor=loss_normalizing_factor)
@@ -247,6 +275,12 @@ class CanvasModel(GeneratorModel):
     self.sep_id = self.source_framing[1] if self.source_framing else self.eos_id
     if not glancing_ratio >= 0.0:
       raise ValueError(f"glancing_ratio must be >= 0, got {glancing_ratio!r}")
+    if not draft_weight >= 0.0:
+      raise ValueError(f"draft_weight must be >= 0, got {draft_weight!r}")
+    if draft_weight > 0 and not self.source_framing:
+      raise ValueError("the source-aligned draft (draft_weight > 0) needs framed sources "
+                       "([CLS] x [SEP]: frame_inputs=True)")
+    self.draft_weight = float(draft_weight)
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     self.token_nll_weight = float(token_nll_weight)
@@ -261,12 +295,18 @@ class CanvasModel(GeneratorModel):
   # ------------------------------------------------------------- checks
   def check_decode_method(self, method: Optional[str]) -> str:
     method = method or getattr(self, "decode_method", "mask_predict")
-    if method not in MASK_PREDICT_METHODS:
+    if method not in DECODE_METHODS:
       raise ValueError(f"unknown decode method {method!r} for the canvas model; expected one "
-                       f"of {MASK_PREDICT_METHODS}")
-    if method == "mask_predict_crf" and not self.module.use_crf:
-      raise ValueError("decode method 'mask_predict_crf' needs a CRF; this canvas model has "
-                       "none (USE_CRF = False): use 'mask_predict'")
+                       f"of {DECODE_METHODS}")
+    if method.endswith("_crf") and not self.module.use_crf:
+      raise ValueError(f"decode method {method!r} needs a CRF; this canvas model has "
+                       f"none (USE_CRF = False): use {method[:-len('_crf')]!r}")
+    if method in canvas_draft.DRAFT_METHODS and not self.source_framing:
+      raise ValueError(f"decode method {method!r} reads a draft over [CLS] x [SEP]; this "
+                       "model does not frame its sources")
+    if method in canvas_draft.DRAFT_METHODS and not self.draft_weight > 0:
+      raise ValueError(f"decode method {method!r} needs the draft head trained: this model "
+                       "has draft_weight = 0 (train with DRAFT_WEIGHT > 0)")
     return method
 
   def check_length_beam(self, length_beam: int) -> int:
@@ -380,8 +420,32 @@ class CanvasModel(GeneratorModel):
             (jnp.argmax(length_logits, -1) == lengths).sum(), batch_size),
         "num_tokens": clu_metrics.Average(total=num_tokens, count=jnp.float32(1.0)),
     }
+    if self.draft_weight > 0:
+      draft_loss, draft_metrics = self._draft_loss(params, batch, source, targets, lengths,
+                                                   dropout_rng)
+      loss = loss + self.draft_weight * draft_loss
+      metrics["loss"] = average_metric(loss)
+      metrics.update(draft_metrics)
     metrics.update({name: average_metric(value) for name, value in aux.items()})
     return loss, metrics
+
+  def _draft_loss(self, params, batch, source, targets, lengths, dropout_rng):
+    """NAG-BERT's loss (CRF NLL + lambda token NLL, or the token NLL) of the
+    draft head against source-aligned targets, normalised on its own."""
+    aligned, weights = canvas_draft.align_to_source(
+        batch["encoder_input_tokens"], targets, lengths, eos_id=self.eos_id, pad_id=self.pad_id)
+    logits = self._apply(params, CanvasNetwork.draft_logits, source, dropout_rng=dropout_rng)
+    classes = self._classes(aligned)
+    crf_ll = (self._crf_log_likelihood(params, logits, classes, weights > 0)
+              if self.module.use_crf else None)
+    loss, _ = losses.nag_loss(logits, classes, weights, crf_ll,
+                              token_nll_weight=self.token_nll_weight,
+                              label_smoothing=self.label_smoothing,
+                              loss_normalizing_factor=self.loss_normalizing_factor)
+    correct = ((jnp.argmax(logits, -1) == classes) * weights).sum()
+    return loss, {"draft_loss": average_metric(loss),
+                  "draft_token_accuracy": average_metric(correct,
+                                                         jnp.maximum(weights.sum(), 1.0))}
 
   # ------------------------------------------------------------- inference
   def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
@@ -396,7 +460,8 @@ class CanvasModel(GeneratorModel):
       params: model parameters.
       batch: needs 'encoder_input_tokens' [B, S].
       rng: unused (decoding is deterministic); kept for t5x.
-      decode_method: 'mask_predict' or 'mask_predict_crf' (default: the model's).
+      decode_method: 'mask_predict', 'mask_predict_crf', 'refine_draft' or
+        'refine_draft_crf' (default: the model's).
       iterations: T >= 1 passes (default: the model's).
       length_beam: candidate lengths per input (default: the model's).
       max_decode_length: the longest output M (default: the input width S,
@@ -427,6 +492,9 @@ class CanvasModel(GeneratorModel):
     if beam > longest:
       raise ValueError(f"length_beam={beam} exceeds the {longest} candidate lengths "
                        f"(1..max_decode_length)")
+    if method in canvas_draft.DRAFT_METHODS and beam != 1:
+      raise ValueError(f"decode method {method!r} takes its length from the draft: "
+                       f"length_beam must be 1, got {beam}")
     tokens, aux = mask_predict(self, params, source_tokens, method=method,
                                iterations=passes, length_beam=beam, longest=longest)
     if return_all_decodes:
@@ -464,16 +532,20 @@ def check_iterations(iterations: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "method", "iterations", "length_beam",
-                                             "longest"))
+                                             "longest", "canvas_widths"))
 def mask_predict(model: CanvasModel, params: PyTree, source_tokens: jnp.ndarray, *, method: str,
-                 iterations: int, length_beam: int, longest: int):
-  """Mask-predict over a length beam (see the module docstring).
+                 iterations: int, length_beam: int, longest: int,
+                 canvas_widths: tuple = CANVAS_WIDTHS):
+  """Mask-predict over a length beam, or from the source-aligned draft (see
+the module docstring).
 
   Args:
     model: the CanvasModel (hashable by identity: one program per model,
       shape, method, T, beam and longest length).
     source_tokens: int [B, S].
     longest: M, the longest output; the canvas has W = M + 1 positions.
+    canvas_widths: the narrower canvases the passes may run on when every
+      candidate fits (() = always W; the outputs are the same).
 
   Returns:
     (tokens [B, max(S, M)] int32: output then pad; aux {'scores' [B],
@@ -482,45 +554,89 @@ def mask_predict(model: CanvasModel, params: PyTree, source_tokens: jnp.ndarray,
   network = model.module
   apply = functools.partial(network.apply, {"params": params})
   batch, width = source_tokens.shape[0], longest + 1
+  use_crf = method.endswith("_crf")
   source, length_logits = apply(source_tokens, method=CanvasNetwork.encode_source)
-  # Candidate lengths 1 .. M, the `length_beam` most likely per input.
-  length_lp = jax.nn.log_softmax(length_logits)
-  allowed = (jnp.arange(length_lp.shape[-1]) >= 1) & (jnp.arange(length_lp.shape[-1]) <= longest)
-  _, cand = jax.lax.top_k(jnp.where(allowed, length_lp, -jnp.inf), length_beam)  # [B, l]
-  lengths = cand.reshape(-1).astype(jnp.int32)  # [N = B l]
-  source = jax.tree_util.tree_map(lambda a: jnp.repeat(a, length_beam, axis=0), source)
+  if method in canvas_draft.DRAFT_METHODS:
+    # Pass 1 is one-pass NAG-BERT over the source positions (as its Viterbi
+    # decodes: every position in the mask); its kept tokens are the canvas.
+    draft = apply(source, method=CanvasNetwork.draft_logits).astype(jnp.float32)
+    if use_crf:
+      draft_classes, _ = apply(draft, jnp.ones(source_tokens.shape, bool),
+                               method=CanvasNetwork.crf_decode)
+    else:
+      draft_classes = jnp.argmax(draft, axis=-1)
+    draft_confidence = jnp.take_along_axis(jax.nn.log_softmax(draft, axis=-1),
+                                           draft_classes[..., None], axis=-1)[..., 0]
+    first_tokens, first_confidence, lengths = canvas_draft.compact_draft(
+        model._token_ids(draft_classes).astype(jnp.int32),  # pylint: disable=protected-access
+        draft_confidence, width, eos_id=model.eos_id, pad_id=model.pad_id)
+  else:
+    # Candidate lengths 1 .. M, the `length_beam` most likely per input.
+    length_lp = jax.nn.log_softmax(length_logits)
+    classes_ = jnp.arange(length_lp.shape[-1])
+    allowed = (classes_ >= 1) & (classes_ <= longest)
+    _, cand = jax.lax.top_k(jnp.where(allowed, length_lp, -jnp.inf), length_beam)  # [B, l]
+    lengths = cand.reshape(-1).astype(jnp.int32)  # [N = B l]
+    source = jax.tree_util.tree_map(lambda a: jnp.repeat(a, length_beam, axis=0), source)
   valid = jnp.arange(width)[None, :] < lengths[:, None]  # [N, W]
 
-  def one_pass(tokens, remask):
-    """Re-predicts the `remask` positions; the others keep `tokens`."""
-    canvas = make_canvas(tokens, lengths, remask, mask_id=model.mask_id, sep_id=model.sep_id,
-                         pad_id=model.pad_id)
-    logits = apply(source, canvas, method=CanvasNetwork.canvas_logits).astype(jnp.float32)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    if method == "mask_predict_crf":
-      kept = valid & ~remask
-      current = model._classes(tokens)  # pylint: disable=protected-access
-      onehot = jnp.arange(logits.shape[-1])[None, None, :] == current[..., None]
-      clamped = jnp.where(kept[..., None] & ~onehot, _CLAMP, logits)
-      classes, _ = apply(clamped, valid, method=CanvasNetwork.crf_decode)
+  def passes_at(w, tokens, confidence):
+    """Every canvas pass on a canvas cut to its first w >= max(lengths) + 1
+    positions (the rest is pad: no key, no output), padded back to W."""
+    valid_w = valid[:, :w]
+
+    def one_pass(tokens, remask):
+      """Re-predicts the `remask` positions; the others keep `tokens`."""
+      canvas = make_canvas(tokens, lengths, remask, mask_id=model.mask_id, sep_id=model.sep_id,
+                           pad_id=model.pad_id)
+      logits = apply(source, canvas, method=CanvasNetwork.canvas_logits).astype(jnp.float32)
+      log_probs = jax.nn.log_softmax(logits, axis=-1)
+      if use_crf:
+        kept = valid_w & ~remask
+        current = model._classes(tokens)  # pylint: disable=protected-access
+        onehot = jnp.arange(logits.shape[-1])[None, None, :] == current[..., None]
+        clamped = jnp.where(kept[..., None] & ~onehot, _CLAMP, logits)
+        classes, _ = apply(clamped, valid_w, method=CanvasNetwork.crf_decode)
+      else:
+        classes = jnp.argmax(logits, axis=-1)
+      confidence = jnp.take_along_axis(log_probs, classes[..., None], axis=-1)[..., 0]
+      new = model._token_ids(classes).astype(jnp.int32)  # pylint: disable=protected-access
+      return new, confidence
+
+    if method in canvas_draft.DRAFT_METHODS:
+      tokens, confidence = tokens[:, :w], confidence[:, :w]
     else:
-      classes = jnp.argmax(logits, axis=-1)
-    confidence = jnp.take_along_axis(log_probs, classes[..., None], axis=-1)[..., 0]
-    new = model._token_ids(classes).astype(jnp.int32)  # pylint: disable=protected-access
-    return new, confidence
+      tokens, confidence = one_pass(jnp.full((lengths.shape[0], w), model.mask_id, jnp.int32),
+                                    valid_w)
 
-  start = jnp.full((lengths.shape[0], width), model.mask_id, jnp.int32)
-  tokens, confidence = one_pass(start, valid)
-  state = (tokens, confidence, jnp.ones(lengths.shape, jnp.int32))
+    def refine(iteration, state):
+      tokens, confidence, passes = state
+      remask = lowest_k(confidence, valid_w, remask_count(lengths, iteration, iterations))
+      new, new_confidence = one_pass(tokens, remask)
+      return (jnp.where(remask, new, tokens), jnp.where(remask, new_confidence, confidence),
+              passes + 1)
 
-  def refine(iteration, state):
-    tokens, confidence, passes = state
-    remask = lowest_k(confidence, valid, remask_count(lengths, iteration, iterations))
-    new, new_confidence = one_pass(tokens, remask)
-    return (jnp.where(remask, new, tokens), jnp.where(remask, new_confidence, confidence),
-            passes + 1)
+    state = (tokens, confidence, jnp.ones(lengths.shape, jnp.int32))
+    tokens, confidence, passes = jax.lax.fori_loop(2, iterations + 1, refine, state)
+    pad = ((0, 0), (0, width - w))
+    return (jnp.pad(tokens, pad, constant_values=model.pad_id), jnp.pad(confidence, pad),
+            passes)
 
-  tokens, confidence, passes = jax.lax.fori_loop(2, iterations + 1, refine, state)
+  if method in canvas_draft.DRAFT_METHODS:
+    start = (first_tokens, first_confidence)
+  else:
+    start = (jnp.full((lengths.shape[0], width), model.mask_id, jnp.int32),
+             jnp.zeros((lengths.shape[0], width), jnp.float32))
+  if method in canvas_draft.DRAFT_METHODS and iterations == 1:
+    tokens, confidence, passes = start + (jnp.ones(lengths.shape, jnp.int32),)
+  else:
+    # The canvas is as wide as the longest candidate needs, in buckets: one
+    # program, a branch per width (an output of ~11 tokens from a 64-token
+    # bucket runs its passes over 16 canvas positions, not 65).
+    widths = sorted({w for w in canvas_widths if w < width} | {width})
+    branch = jnp.searchsorted(jnp.asarray(widths), jnp.max(lengths) + 1)
+    tokens, confidence, passes = jax.lax.switch(
+        branch, [functools.partial(passes_at, w) for w in widths], *start)
   score = jnp.where(valid, confidence, 0.0).sum(-1) / jnp.maximum(lengths, 1)
   best = jnp.argmax(score.reshape(batch, length_beam), axis=-1)
   pick = jnp.arange(batch) * length_beam + best

@@ -15,7 +15,9 @@ A system is ``NAME=MODEL_DIR:METHOD``: a narlm training run directory (its
 decode method: ``argmax``, ``viterbi`` or ``ratio_first`` for NagBertModel,
 ``greedy`` for ArSeq2SeqModel, ``tag`` for the deletion tagger
 (narlm.tagger.TaggerModel), ``mask_predict@T`` or ``mask_predict_crf@T``
-(T refinement passes; ``@TxL`` adds a length beam of L) for the canvas model
+(T refinement passes; ``@TxL`` adds a length beam of L) and
+``refine_draft@T`` / ``refine_draft_crf@T`` (T passes from the
+source-aligned draft, narlm.canvas_draft) for the canvas model
 (narlm.canvas.CanvasModel). For ``ratio_first`` the ratio alpha is chosen
 on the *validation* split (the best ``--select_metric`` over ``--alphas``);
 the test split is decoded once per system, with the chosen alpha, and never
@@ -85,13 +87,14 @@ from narlm.run_dirs import write_text_atomically
 # Decode method -> the model class (run_dirs.LoadedModel.kind) that runs it.
 METHOD_KINDS = {"argmax": "NagBertModel", "viterbi": "NagBertModel",
                 "ratio_first": "NagBertModel", "greedy": "ArSeq2SeqModel", "tag": "TaggerModel",
-                "mask_predict": "CanvasModel", "mask_predict_crf": "CanvasModel"}
+                "mask_predict": "CanvasModel", "mask_predict_crf": "CanvasModel",
+                "refine_draft": "CanvasModel", "refine_draft_crf": "CanvasModel"}
 KIND_NAMES = {"NagBertModel": "a NAG-BERT run", "ArSeq2SeqModel": "an AR run",
               "TaggerModel": "a tagger run", "CanvasModel": "a canvas (mask-predict) run"}
 NAR_METHODS = ("argmax", "viterbi", "ratio_first")
 AR_METHODS = ("greedy",)
 TAG_METHODS = ("tag",)
-MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf")
+MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf", "refine_draft", "refine_draft_crf")
 
 
 def split_method(method: str) -> tuple[str, dict[str, int]]:
@@ -101,7 +104,7 @@ def split_method(method: str) -> tuple[str, dict[str, int]]:
   if not at:
     return method, {}
   if base not in MASK_PREDICT_METHODS:
-    raise ValueError(f"method {method!r}: only {' and '.join(MASK_PREDICT_METHODS)} take "
+    raise ValueError(f"method {method!r}: only {', '.join(MASK_PREDICT_METHODS)} take "
                      "@T (refinement passes)")
   passes, x, beam = tail.partition("x")
   try:
@@ -249,8 +252,11 @@ def decode_kwargs(loaded, method: str) -> dict[str, Any]:
     hint = f" (use :{' or :'.join(usable)})" if usable else ""
     raise ValueError(f"{loaded.model_dir}: method {base!r} needs "
                      f"{KIND_NAMES.get(expected, expected)}, this is {kind}{hint}")
-  if base in ("viterbi", "ratio_first", "mask_predict_crf") and not loaded.model.module.use_crf:
+  if base in ("viterbi", "ratio_first", "mask_predict_crf", "refine_draft_crf") and \
+      not loaded.model.module.use_crf:
     raise ValueError(f"{loaded.model_dir}: method {base!r} needs a CRF, the run has none")
+  if base.startswith("refine_draft"):
+    loaded.model.check_decode_method(base)  # e.g. a run trained without a draft
   return {"decode_method": base, **refine_kwargs}
 
 

@@ -70,7 +70,8 @@ logger = logging.getLogger("narlm.serve")
 NAR_METHODS = ("argmax", "viterbi", "ratio_first")
 # A canvas (iterative refinement) run given as --model_dir serves these
 # instead, with the run's ITERATIONS passes (narlm.canvas).
-CANVAS_METHODS = ("mask_predict", "mask_predict_crf")
+CANVAS_METHODS = ("mask_predict", "mask_predict_crf", "refine_draft", "refine_draft_crf")
+DRAFT_METHODS = ("refine_draft", "refine_draft_crf")  # narlm.canvas_draft
 AR_METHOD = "ar_greedy"
 ALL_METHODS = NAR_METHODS + CANVAS_METHODS + (AR_METHOD,)
 REQUEST_FIELDS = ("texts", "methods", "alpha")
@@ -160,7 +161,12 @@ class GenerationService:
       self.unavailable[m] = (
           f"method '{m}' needs a {'NAG-BERT' if is_canvas else 'canvas (mask-predict)'} run; "
           f"the model in {run_name} is a {nar.kind}")
-    crf_methods = ("mask_predict_crf",) if is_canvas else ("viterbi", "ratio_first")
+    crf_methods = (("mask_predict_crf", "refine_draft_crf") if is_canvas
+                   else ("viterbi", "ratio_first"))
+    if is_canvas and not getattr(nar.model, "draft_weight", 0) > 0:
+      for m in DRAFT_METHODS:
+        self.unavailable[m] = (f"method '{m}' needs a canvas run trained with a draft "
+                               f"(DRAFT_WEIGHT > 0); {run_name} has none")
     if not _nar_has_crf(nar):
       for m in crf_methods:
         self.unavailable[m] = (f"method '{m}' needs a CRF; the NAR model in {run_name} "

@@ -273,3 +273,22 @@ def test_compare_parses_refinement_passes():
                        ("a=/x:mask_predict@two", "expected mask_predict@T")):
     with pytest.raises(ValueError, match=message):
       compare.parse_system(bad)
+
+
+def test_narrow_canvases_give_the_same_outputs_as_the_full_width():
+  """mask_predict runs its passes on the narrowest of `canvas_widths` that
+  fits every candidate (lax.switch); the outputs must not depend on it."""
+  model = make_model(use_crf=True, max_canvas_length=10, draft_weight=1.0)
+  params = init(model, seed=5)
+  src = toy_batch(rows=6)["encoder_input_tokens"]
+  used = set()
+  for method in canvas.DECODE_METHODS:
+    for r in range(src.shape[0]):
+      row = src[r:r + 1]
+      kwargs = dict(method=method, iterations=3, length_beam=1, longest=10)
+      full = canvas.mask_predict(model, params, row, canvas_widths=(), **kwargs)
+      narrow = canvas.mask_predict(model, params, row, canvas_widths=(4, 6, 8), **kwargs)
+      np.testing.assert_array_equal(narrow[0], full[0], err_msg=f"{method} row {r}")
+      np.testing.assert_allclose(narrow[1]["scores"], full[1]["scores"], rtol=1e-5, atol=1e-6)
+      used.add(min(w for w in (4, 6, 8, 11) if w >= int(full[1]["length"][0]) + 1))
+  assert len(used) >= 2, used  # more than one branch was exercised
