@@ -49,7 +49,6 @@ refine it.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, MutableMapping, Optional
 
 import clu.metrics as clu_metrics
@@ -58,9 +57,13 @@ import jax
 import jax.numpy as jnp
 
 from narlm import canvas_draft
-from narlm import decoding
 from narlm import losses
 from narlm import output_vocab as output_vocab_lib
+# The layout and decoding functions are part of this module's API.
+from narlm.canvas_decoding import CANVAS_WIDTHS, mask_predict  # noqa: F401
+from narlm.canvas_layout import (  # noqa: F401
+    check_iterations, check_remask_ratio, lowest_k, make_canvas, random_mask, remask_count,
+    target_lengths)
 from narlm.model_base import Batch, GeneratorModel, PyTree, check_encoder_input
 from narlm.model_metrics import average_metric
 from narlm.modules.encoder import BertWithHead, Dense
@@ -69,11 +72,6 @@ from narlm.modules.network import OutputHeadNetwork, make_crf
 SOURCE_SEGMENT, CANVAS_SEGMENT = 0, 1
 MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf")
 DECODE_METHODS = MASK_PREDICT_METHODS + canvas_draft.DRAFT_METHODS
-# Canvas widths mask-predict's passes run at (below the full M + 1).
-CANVAS_WIDTHS = (8, 16, 32, 64)
-# A clamped position's other classes: low enough for Viterbi never to pick
-# them, finite so that no beam score becomes inf - inf.
-_CLAMP = -1e9
 
 
 class CanvasNetwork(OutputHeadNetwork):
@@ -188,53 +186,6 @@ class CanvasNetwork(OutputHeadNetwork):
     return logits, length_logits
 
 
-# ------------------------------------------------------------ layout (pure)
-def target_lengths(targets: jnp.ndarray, eos_id: int, pad_id: int) -> jnp.ndarray:
-  """int [B, T] ``y_1 .. y_m, eos, ..`` -> int [B] m (tokens before the first
-  eos or pad)."""
-  ends = (targets == eos_id) | (targets == pad_id)
-  return jnp.where(ends.any(-1), jnp.argmax(ends, axis=-1), targets.shape[1]).astype(jnp.int32)
-
-
-def make_canvas(tokens: jnp.ndarray, lengths: jnp.ndarray, masked: jnp.ndarray, *,
-                mask_id: int, sep_id: int, pad_id: int) -> jnp.ndarray:
-  """The canvas rows ``t_1 .. t_m [SEP] pad ..`` with masked positions [MASK].
-
-  Args:
-    tokens: int [B, W] target (or current) tokens; positions >= m ignored.
-    lengths: int [B] m, at most W - 1 (room for [SEP]).
-    masked: bool [B, W] positions to mask (ignored at positions >= m).
-  Returns:
-    int [B, W].
-  """
-  pos = jnp.arange(tokens.shape[1])[None, :]
-  inside = pos < lengths[:, None]
-  canvas = jnp.where(inside & masked, mask_id, tokens)
-  canvas = jnp.where(pos == lengths[:, None], sep_id, canvas)
-  return jnp.where(pos > lengths[:, None], pad_id, canvas).astype(jnp.int32)
-
-
-def lowest_k(scores: jnp.ndarray, valid: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
-  """bool [B, W]: the k[b] valid positions of row b with the lowest scores
-  (ties: the earlier position)."""
-  keyed = jnp.where(valid, scores, jnp.inf)
-  rank = jnp.argsort(jnp.argsort(keyed, axis=-1, stable=True), axis=-1, stable=True)
-  return valid & (rank < k[:, None])
-
-
-def random_mask(rng: jax.Array, lengths: jnp.ndarray, width: int,
-                counts: jnp.ndarray) -> jnp.ndarray:
-  """bool [B, W]: counts[b] distinct random positions among row b's first m."""
-  valid = jnp.arange(width)[None, :] < lengths[:, None]
-  return lowest_k(jax.random.uniform(rng, (lengths.shape[0], width)), valid, counts)
-
-
-def remask_count(lengths: jnp.ndarray, iteration: jnp.ndarray, iterations: int) -> jnp.ndarray:
-  """Tokens re-masked before pass `iteration` (1-based, 2 .. T):
-  floor(m (T - iteration + 1) / T), mask-predict's linear decay."""
-  return (lengths * (iterations - iteration + 1)) // iterations
-
-
 class CanvasModel(GeneratorModel):
   """Mask-predict generator with t5x's BaseModel interface (by duck typing).
 
@@ -253,6 +204,12 @@ class CanvasModel(GeneratorModel):
       draft methods: the draft fixes the length).
     draft_weight: weight of the source-aligned draft loss (NAG-BERT's loss on
       the source states); 0 trains no draft.
+    train_on_draft: the unmasked canvas tokens of an example whose draft has
+      the target's length are the draft's (its argmax, no gradient) instead of
+      the target's, and the draft's wrong tokens are masked too: the canvas
+      learns to correct drafts, as `refine_draft` asks of it at test time
+      (as SMART, Ghazvininejad et al. 2020, trains on the model's own
+      predictions). Needs draft_weight > 0.
   """
 
   def __init__(self, module: CanvasNetwork, input_vocabulary, output_vocabulary,
@@ -260,7 +217,8 @@ class CanvasModel(GeneratorModel):
                length_weight: float = 0.1, label_smoothing: float = 0.0,
                loss_on_all_positions: bool = False, glancing_ratio: float = 0.0,
                decode_method: str = "mask_predict", iterations: int = 4, length_beam: int = 1,
-               draft_weight: float = 0.0, frame_inputs: bool = True,
+               draft_weight: float = 0.0, train_on_draft: bool = False,
+               frame_inputs: bool = True,
                loss_normalizing_factor: Optional[float] = None):
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
                      why_eos="canvas targets end in eos", frame_inputs=frame_inputs,
@@ -281,6 +239,9 @@ class CanvasModel(GeneratorModel):
       raise ValueError("the source-aligned draft (draft_weight > 0) needs framed sources "
                        "([CLS] x [SEP]: frame_inputs=True)")
     self.draft_weight = float(draft_weight)
+    if train_on_draft and not self.draft_weight > 0:
+      raise ValueError("train_on_draft needs a draft: set draft_weight > 0")
+    self.train_on_draft = bool(train_on_draft)
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     self.token_nll_weight = float(token_nll_weight)
@@ -387,7 +348,14 @@ class CanvasModel(GeneratorModel):
     source, length_logits = self._apply(params, CanvasNetwork.encode_source,
                                         batch["encoder_input_tokens"], dropout_rng=dropout_rng)
     masked = self._training_mask(params, source, targets, lengths, rng, dropout_rng)
-    canvas = make_canvas(targets, lengths, masked, mask_id=self.mask_id, sep_id=self.sep_id,
+    context, draft_metrics = targets, {}
+    if self.draft_weight > 0:
+      draft_loss, draft_logits, draft_metrics = self._draft_loss(
+          params, batch, source, targets, lengths, dropout_rng)
+      if self.train_on_draft:
+        context, masked, used = self._draft_context(draft_logits, targets, lengths, masked)
+        draft_metrics["draft_context_share"] = average_metric(used.mean())
+    canvas = make_canvas(context, lengths, masked, mask_id=self.mask_id, sep_id=self.sep_id,
                          pad_id=self.pad_id)
     logits = self._apply(params, CanvasNetwork.canvas_logits, source, canvas,
                          dropout_rng=dropout_rng)
@@ -421,8 +389,6 @@ class CanvasModel(GeneratorModel):
         "num_tokens": clu_metrics.Average(total=num_tokens, count=jnp.float32(1.0)),
     }
     if self.draft_weight > 0:
-      draft_loss, draft_metrics = self._draft_loss(params, batch, source, targets, lengths,
-                                                   dropout_rng)
       loss = loss + self.draft_weight * draft_loss
       metrics["loss"] = average_metric(loss)
       metrics.update(draft_metrics)
@@ -443,14 +409,27 @@ class CanvasModel(GeneratorModel):
                               label_smoothing=self.label_smoothing,
                               loss_normalizing_factor=self.loss_normalizing_factor)
     correct = ((jnp.argmax(logits, -1) == classes) * weights).sum()
-    return loss, {"draft_loss": average_metric(loss),
-                  "draft_token_accuracy": average_metric(correct,
-                                                         jnp.maximum(weights.sum(), 1.0))}
+    return loss, logits, {"draft_loss": average_metric(loss),
+                          "draft_token_accuracy": average_metric(
+                              correct, jnp.maximum(weights.sum(), 1.0))}
+
+  def _draft_context(self, draft_logits, targets, lengths, masked):
+    """(canvas tokens [B, T], masked [B, T], used float [B]) for train_on_draft."""
+    guess = self._token_ids(jnp.argmax(jax.lax.stop_gradient(draft_logits), -1)).astype(
+        jnp.int32)
+    tokens, _, draft_lengths = canvas_draft.compact_draft(
+        guess, jnp.zeros(guess.shape, jnp.float32), targets.shape[1], eos_id=self.eos_id,
+        pad_id=self.pad_id)
+    used = draft_lengths == lengths
+    valid = jnp.arange(targets.shape[1])[None, :] < lengths[:, None]
+    wrong = valid & used[:, None] & (tokens != targets)
+    return jnp.where(used[:, None], tokens, targets), masked | wrong, used.astype(jnp.float32)
 
   # ------------------------------------------------------------- inference
   def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[jax.Array] = None,
                              *, decode_method: Optional[str] = None,
                              iterations: Optional[int] = None, length_beam: Optional[int] = None,
+                             remask_ratio: Optional[float] = None,
                              max_decode_length: Optional[int] = None,
                              return_all_decodes: bool = False, num_decodes: int = 1,
                              **unused_kwargs) -> tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
@@ -464,6 +443,8 @@ class CanvasModel(GeneratorModel):
         'refine_draft_crf' (default: the model's).
       iterations: T >= 1 passes (default: the model's).
       length_beam: candidate lengths per input (default: the model's).
+      remask_ratio: share of the tokens the first refinement pass re-masks
+        (decaying linearly to the last pass; default (T - 1) / T, mask-predict's).
       max_decode_length: the longest output M (default: the input width S,
         at most max_canvas_length, so a short input bucket decodes a short
         canvas; pass it for tasks whose outputs outgrow their inputs); the
@@ -496,7 +477,8 @@ class CanvasModel(GeneratorModel):
       raise ValueError(f"decode method {method!r} takes its length from the draft: "
                        f"length_beam must be 1, got {beam}")
     tokens, aux = mask_predict(self, params, source_tokens, method=method,
-                               iterations=passes, length_beam=beam, longest=longest)
+                               iterations=passes, length_beam=beam, longest=longest,
+                               remask_ratio=check_remask_ratio(remask_ratio))
     if return_all_decodes:
       tokens, aux = tokens[:, None], dict(aux, scores=aux["scores"][:, None])
     return tokens, aux
@@ -523,129 +505,3 @@ class CanvasModel(GeneratorModel):
     if self.module.use_crf:
       return length_ll + self._crf_log_likelihood(params, logits, classes, valid)
     return length_ll - losses.token_nll(logits, classes, valid.astype(jnp.float32)).sum(-1)
-
-
-def check_iterations(iterations: int) -> int:
-  if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-    raise ValueError(f"iterations (T, refinement passes) must be an int >= 1, got {iterations!r}")
-  return iterations
-
-
-@functools.partial(jax.jit, static_argnames=("model", "method", "iterations", "length_beam",
-                                             "longest", "canvas_widths"))
-def mask_predict(model: CanvasModel, params: PyTree, source_tokens: jnp.ndarray, *, method: str,
-                 iterations: int, length_beam: int, longest: int,
-                 canvas_widths: tuple = CANVAS_WIDTHS):
-  """Mask-predict over a length beam, or from the source-aligned draft (see
-the module docstring).
-
-  Args:
-    model: the CanvasModel (hashable by identity: one program per model,
-      shape, method, T, beam and longest length).
-    source_tokens: int [B, S].
-    longest: M, the longest output; the canvas has W = M + 1 positions.
-    canvas_widths: the narrower canvases the passes may run on when every
-      candidate fits (() = always W; the outputs are the same).
-
-  Returns:
-    (tokens [B, max(S, M)] int32: output then pad; aux {'scores' [B],
-    'length' [B], 'passes' [B]}).
-  """
-  network = model.module
-  apply = functools.partial(network.apply, {"params": params})
-  batch, width = source_tokens.shape[0], longest + 1
-  use_crf = method.endswith("_crf")
-  source, length_logits = apply(source_tokens, method=CanvasNetwork.encode_source)
-  if method in canvas_draft.DRAFT_METHODS:
-    # Pass 1 is one-pass NAG-BERT over the source positions (as its Viterbi
-    # decodes: every position in the mask); its kept tokens are the canvas.
-    draft = apply(source, method=CanvasNetwork.draft_logits).astype(jnp.float32)
-    if use_crf:
-      draft_classes, _ = apply(draft, jnp.ones(source_tokens.shape, bool),
-                               method=CanvasNetwork.crf_decode)
-    else:
-      draft_classes = jnp.argmax(draft, axis=-1)
-    draft_confidence = jnp.take_along_axis(jax.nn.log_softmax(draft, axis=-1),
-                                           draft_classes[..., None], axis=-1)[..., 0]
-    first_tokens, first_confidence, lengths = canvas_draft.compact_draft(
-        model._token_ids(draft_classes).astype(jnp.int32),  # pylint: disable=protected-access
-        draft_confidence, width, eos_id=model.eos_id, pad_id=model.pad_id)
-  else:
-    # Candidate lengths 1 .. M, the `length_beam` most likely per input.
-    length_lp = jax.nn.log_softmax(length_logits)
-    classes_ = jnp.arange(length_lp.shape[-1])
-    allowed = (classes_ >= 1) & (classes_ <= longest)
-    _, cand = jax.lax.top_k(jnp.where(allowed, length_lp, -jnp.inf), length_beam)  # [B, l]
-    lengths = cand.reshape(-1).astype(jnp.int32)  # [N = B l]
-    source = jax.tree_util.tree_map(lambda a: jnp.repeat(a, length_beam, axis=0), source)
-  valid = jnp.arange(width)[None, :] < lengths[:, None]  # [N, W]
-
-  def passes_at(w, tokens, confidence):
-    """Every canvas pass on a canvas cut to its first w >= max(lengths) + 1
-    positions (the rest is pad: no key, no output), padded back to W."""
-    valid_w = valid[:, :w]
-
-    def one_pass(tokens, remask):
-      """Re-predicts the `remask` positions; the others keep `tokens`."""
-      canvas = make_canvas(tokens, lengths, remask, mask_id=model.mask_id, sep_id=model.sep_id,
-                           pad_id=model.pad_id)
-      logits = apply(source, canvas, method=CanvasNetwork.canvas_logits).astype(jnp.float32)
-      log_probs = jax.nn.log_softmax(logits, axis=-1)
-      if use_crf:
-        kept = valid_w & ~remask
-        current = model._classes(tokens)  # pylint: disable=protected-access
-        onehot = jnp.arange(logits.shape[-1])[None, None, :] == current[..., None]
-        clamped = jnp.where(kept[..., None] & ~onehot, _CLAMP, logits)
-        classes, _ = apply(clamped, valid_w, method=CanvasNetwork.crf_decode)
-      else:
-        classes = jnp.argmax(logits, axis=-1)
-      confidence = jnp.take_along_axis(log_probs, classes[..., None], axis=-1)[..., 0]
-      new = model._token_ids(classes).astype(jnp.int32)  # pylint: disable=protected-access
-      return new, confidence
-
-    if method in canvas_draft.DRAFT_METHODS:
-      tokens, confidence = tokens[:, :w], confidence[:, :w]
-    else:
-      tokens, confidence = one_pass(jnp.full((lengths.shape[0], w), model.mask_id, jnp.int32),
-                                    valid_w)
-
-    def refine(iteration, state):
-      tokens, confidence, passes = state
-      remask = lowest_k(confidence, valid_w, remask_count(lengths, iteration, iterations))
-      new, new_confidence = one_pass(tokens, remask)
-      return (jnp.where(remask, new, tokens), jnp.where(remask, new_confidence, confidence),
-              passes + 1)
-
-    state = (tokens, confidence, jnp.ones(lengths.shape, jnp.int32))
-    tokens, confidence, passes = jax.lax.fori_loop(2, iterations + 1, refine, state)
-    pad = ((0, 0), (0, width - w))
-    return (jnp.pad(tokens, pad, constant_values=model.pad_id), jnp.pad(confidence, pad),
-            passes)
-
-  if method in canvas_draft.DRAFT_METHODS:
-    start = (first_tokens, first_confidence)
-  else:
-    start = (jnp.full((lengths.shape[0], width), model.mask_id, jnp.int32),
-             jnp.zeros((lengths.shape[0], width), jnp.float32))
-  if method in canvas_draft.DRAFT_METHODS and iterations == 1:
-    tokens, confidence, passes = start + (jnp.ones(lengths.shape, jnp.int32),)
-  else:
-    # The canvas is as wide as the longest candidate needs, in buckets: one
-    # program, a branch per width (an output of ~11 tokens from a 64-token
-    # bucket runs its passes over 16 canvas positions, not 65).
-    widths = sorted({w for w in canvas_widths if w < width} | {width})
-    branch = jnp.searchsorted(jnp.asarray(widths), jnp.max(lengths) + 1)
-    tokens, confidence, passes = jax.lax.switch(
-        branch, [functools.partial(passes_at, w) for w in widths], *start)
-  score = jnp.where(valid, confidence, 0.0).sum(-1) / jnp.maximum(lengths, 1)
-  best = jnp.argmax(score.reshape(batch, length_beam), axis=-1)
-  pick = jnp.arange(batch) * length_beam + best
-  tokens, valid, score, passes = tokens[pick], valid[pick], score[pick], passes[pick]
-  tokens, out_lengths = decoding.cut_at_first_eos(tokens, model.eos_id, model.pad_id, valid)
-  # Position M always holds [SEP]: the output fits M positions, padded to the
-  # input width S as every narlm model returns (t5x decodes rows).
-  tokens = tokens[:, :longest]
-  if longest < source_tokens.shape[1]:
-    tokens = jnp.pad(tokens, ((0, 0), (0, source_tokens.shape[1] - longest)),
-                     constant_values=model.pad_id)
-  return tokens, {"scores": score, "length": out_lengths, "passes": passes}

@@ -99,10 +99,12 @@ MASK_PREDICT_METHODS = ("mask_predict", "mask_predict_crf", "refine_draft", "ref
 
 def split_method(method: str) -> tuple[str, dict[str, int]]:
   """'mask_predict@4' -> ('mask_predict', {'iterations': 4}); 'mask_predict@4x3'
-  adds {'length_beam': 3}; any other method -> (method, {})."""
+  adds {'length_beam': 3}; a tail 'r0.3' adds {'remask_ratio': 0.3} (the share
+  the first refinement pass re-masks); any other method -> (method, {})."""
   base, at, tail = method.partition("@")
   if not at:
     return method, {}
+  tail, r, ratio = tail.partition("r")
   if base not in MASK_PREDICT_METHODS:
     raise ValueError(f"method {method!r}: only {', '.join(MASK_PREDICT_METHODS)} take "
                      "@T (refinement passes)")
@@ -111,9 +113,13 @@ def split_method(method: str) -> tuple[str, dict[str, int]]:
     kwargs = {"iterations": int(passes)}
     if x:
       kwargs["length_beam"] = int(beam)
+    if r:
+      kwargs["remask_ratio"] = float(ratio)
   except ValueError:
-    raise ValueError(f"method {method!r}: expected {base}@T or {base}@TxL with integers T "
-                     "(passes) and L (length beam)") from None
+    raise ValueError(f"method {method!r}: expected {base}@T, {base}@TxL or {base}@TrR with "
+                     "integers T (passes) and L (length beam) and a share R") from None
+  if r and not 0.0 < kwargs["remask_ratio"] <= 1.0:
+    raise ValueError(f"method {method!r}: R (the share re-masked) must be in (0, 1]")
   if kwargs["iterations"] < 1 or kwargs.get("length_beam", 1) < 1:
     raise ValueError(f"method {method!r}: T (passes) and L (length beam) must be >= 1")
   return base, kwargs

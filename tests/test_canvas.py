@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from narlm import canvas
+from narlm import canvas_decoding
 from narlm import compare
 from narlm import output_vocab
 from narlm import vocabularies
@@ -131,7 +132,7 @@ def test_mask_predict_runs_exactly_t_passes(monkeypatch):
   batch = {"encoder_input_tokens": toy_batch()["encoder_input_tokens"]}
   calls = []
   real = canvas.make_canvas
-  monkeypatch.setattr(canvas, "make_canvas", lambda *a, **k: calls.append(1) or real(*a, **k))
+  monkeypatch.setattr(canvas_decoding, "make_canvas", lambda *a, **k: calls.append(1) or real(*a, **k))
   for method in canvas.MASK_PREDICT_METHODS:
     for passes in (1, 3):
       calls.clear()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from narlm import canvas
+from narlm import canvas_decoding
 from narlm import canvas_draft
 from narlm import models
 from narlm.modules.network import NagBertNetwork
@@ -130,7 +131,7 @@ def test_refining_the_draft_runs_exactly_t_passes(monkeypatch):
   batch = {"encoder_input_tokens": toy_batch()["encoder_input_tokens"]}
   calls = []
   real = canvas.make_canvas
-  monkeypatch.setattr(canvas, "make_canvas", lambda *a, **k: calls.append(1) or real(*a, **k))
+  monkeypatch.setattr(canvas_decoding, "make_canvas", lambda *a, **k: calls.append(1) or real(*a, **k))
   for method in canvas_draft.DRAFT_METHODS:
     for passes in (1, 2, 4):
       calls.clear()
@@ -161,3 +162,68 @@ def test_draft_arguments_fail_clearly():
   with pytest.raises(ValueError, match="needs the draft head trained: this model has "
                      "draft_weight = 0"):
     make_model().predict_batch_with_aux(params, batch, decode_method="refine_draft")
+
+
+def test_remask_ratio_sets_the_first_share_and_decays_linearly():
+  m = jnp.asarray([10, 7, 0])
+  # default: mask-predict's floor(m (T - t + 1) / T)
+  np.testing.assert_array_equal(canvas.remask_count(m, 2, 4), [7, 5, 0])
+  # rho = (T - 1) / T is the default schedule
+  for t in (2, 3, 4):
+    np.testing.assert_array_equal(canvas.remask_count(m, t, 4, 0.75), canvas.remask_count(m, t, 4))
+  np.testing.assert_array_equal(canvas.remask_count(m, 2, 2, 0.3), [3, 2, 0])
+  np.testing.assert_array_equal(canvas.remask_count(m, 3, 3, 0.4), [2, 1, 0])  # 0.4 m / 2
+  for bad in (0.0, 1.5, True, "0.3"):
+    with pytest.raises(ValueError, match="remask_ratio"):
+      canvas.check_remask_ratio(bad)
+  from narlm import compare
+  assert compare.split_method("refine_draft_crf@2r0.25") == (
+      "refine_draft_crf", {"iterations": 2, "remask_ratio": 0.25})
+  assert compare.split_method("mask_predict@4x2r0.5") == (
+      "mask_predict", {"iterations": 4, "length_beam": 2, "remask_ratio": 0.5})
+  with pytest.raises(ValueError, match="must be in"):
+    compare.split_method("refine_draft@2r1.5")
+
+
+def test_a_smaller_remask_ratio_changes_fewer_draft_tokens(monkeypatch):
+  model = make_model(use_crf=True, draft_weight=1.0)
+  params = init(model, seed=4)
+  batch = {"encoder_input_tokens": toy_batch(rows=6)["encoder_input_tokens"]}
+  seen = []
+  real = canvas.make_canvas
+  monkeypatch.setattr(canvas_decoding, "make_canvas",
+                      lambda t, l, masked, **k: seen.append((masked & (jnp.arange(t.shape[1])
+                                                                       < l[:, None])).sum())
+                      or real(t, l, masked, **k))
+  with jax.disable_jit():
+    for ratio in (0.2, 1.0):
+      model.predict_batch_with_aux(params, batch, decode_method="refine_draft_crf",
+                                   iterations=2, remask_ratio=ratio)
+  lengths = model.predict_batch_with_aux(params, batch, decode_method="refine_draft_crf",
+                                         iterations=1)[1]["length"]
+  assert int(seen[0]) == int(jnp.floor(0.2 * lengths + 1e-4).sum())
+  assert int(seen[1]) == int(lengths.sum())  # 1.0: every draft token re-predicted
+
+
+def test_train_on_draft_uses_drafts_of_the_target_length_and_masks_their_errors():
+  model = make_model(draft_weight=1.0, train_on_draft=True)
+  targets = jnp.asarray([[7, 8, 9, EOS, EOS, PAD], [5, 6, EOS, EOS, PAD, PAD]])
+  lengths = canvas.target_lengths(targets, EOS, PAD)
+  # drafts over [CLS] x [SEP] pad: row 0 "7 6 9" (right length, one error),
+  # row 1 "5 6 7" (too long: the target is used)
+  drafts = jnp.asarray([[PAD, 7, PAD, 6, 9, EOS, EOS], [PAD, 5, 6, 7, EOS, EOS, PAD]])
+  logits = jnp.where(jnp.arange(VOCAB)[None, None, :] == drafts[..., None], 5.0, 0.0)
+  masked = jnp.asarray([[False, False, True, False, False, False]] * 2)
+  context, new_masked, used = model._draft_context(logits, targets, lengths, masked)
+  np.testing.assert_array_equal(used, [1.0, 0.0])
+  np.testing.assert_array_equal(context[0, :3], [7, 6, 9])
+  np.testing.assert_array_equal(context[1], targets[1])
+  np.testing.assert_array_equal(new_masked[0], [False, True, True, False, False, False])
+  np.testing.assert_array_equal(new_masked[1], masked[1])
+  # and the loss runs with it, with a finite value and the share reported
+  params = init(model, src=10, tgt=10)
+  batch = dict(zip(("encoder_input_tokens", "decoder_target_tokens"), deletion_batch()))
+  loss, metrics = model.loss_fn(params, batch, jax.random.PRNGKey(0))
+  assert np.isfinite(float(loss)) and "draft_context_share" in metrics
+  with pytest.raises(ValueError, match="train_on_draft needs a draft"):
+    make_model(train_on_draft=True)
