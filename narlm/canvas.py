@@ -128,21 +128,30 @@ class CanvasNetwork(OutputHeadNetwork):
               "states": x}
     return source, length_logits
 
-  def draft_logits(self, source: PyTree, deterministic: bool = True) -> jnp.ndarray:
+  def output_rows(self) -> Optional[jnp.ndarray]:
+    """The head's projection rows of the output vocabulary, [V', D] (or None):
+    mask-predict gathers them once for all its passes."""
+    ids = None if self.output_vocab is None else jnp.asarray(self.output_vocab.ids)
+    return self.bert.output_rows(ids)
+
+  def draft_logits(self, source: PyTree, deterministic: bool = True,
+                   output_rows: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """NAG-BERT's one pass over the source segment: float32 emissions
     [B, S, V'] from `encode_source`'s top states (`narlm.canvas_draft`)."""
     x = self.dropout(source["states"], deterministic=deterministic)
     ids = None if self.output_vocab is None else jnp.asarray(self.output_vocab.ids)
-    logits = self.bert.logits(x, output_ids=ids)
+    logits = self.bert.logits(x, output_ids=ids, output_rows=output_rows)
     assert logits.shape == source["states"].shape[:2] + (self.output_size,), logits.shape
     return logits
 
   def canvas_logits(self, source: PyTree, canvas_tokens: jnp.ndarray,
-                    deterministic: bool = True) -> jnp.ndarray:
+                    deterministic: bool = True,
+                    output_rows: Optional[jnp.ndarray] = None) -> jnp.ndarray:
     """One refinement pass: int [B, W] canvas -> float32 emissions [B, W, V'].
 
     Canvas keys are its non-pad positions (tokens, [MASK]s and the closing
-    [SEP]); the source keys/values come from `encode_source`.
+    [SEP]); the source keys/values come from `encode_source`; `output_rows`
+    from `output_rows` (else gathered here).
     """
     batch, width = canvas_tokens.shape
     self.check_positions(source["mask"].shape[1], width)
@@ -154,7 +163,7 @@ class CanvasNetwork(OutputHeadNetwork):
       x = layer(x, keys, deterministic, prefix_kv=kv)
     x = self.dropout(x, deterministic=deterministic)
     ids = None if self.output_vocab is None else jnp.asarray(self.output_vocab.ids)
-    logits = self.bert.logits(x, output_ids=ids)
+    logits = self.bert.logits(x, output_ids=ids, output_rows=output_rows)
     assert logits.shape == (batch, width, self.output_size), logits.shape
     return logits
 

@@ -50,10 +50,12 @@ the module docstring).
   batch, width = source_tokens.shape[0], longest + 1
   use_crf = method.endswith("_crf")
   source, length_logits = apply(source_tokens, method="encode_source")
+  # The output vocabulary's projection rows, gathered once for every pass.
+  rows = apply(method="output_rows")
   if method in canvas_draft.DRAFT_METHODS:
     # Pass 1 is one-pass NAG-BERT over the source positions (as its Viterbi
     # decodes: every position in the mask); its kept tokens are the canvas.
-    draft = apply(source, method="draft_logits").astype(jnp.float32)
+    draft = apply(source, output_rows=rows, method="draft_logits").astype(jnp.float32)
     if use_crf:
       draft_classes, _ = apply(draft, jnp.ones(source_tokens.shape, bool),
                                method="crf_decode")
@@ -83,7 +85,8 @@ the module docstring).
       """Re-predicts the `remask` positions; the others keep `tokens`."""
       canvas = make_canvas(tokens, lengths, remask, mask_id=model.mask_id, sep_id=model.sep_id,
                            pad_id=model.pad_id)
-      logits = apply(source, canvas, method="canvas_logits").astype(jnp.float32)
+      logits = apply(source, canvas, output_rows=rows,
+                     method="canvas_logits").astype(jnp.float32)
       log_probs = jax.nn.log_softmax(logits, axis=-1)
       if use_crf:
         kept = valid_w & ~remask

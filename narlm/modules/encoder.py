@@ -391,7 +391,8 @@ class OutputHead(nn.Module):
   @nn.compact
   def __call__(self, hidden: Array,
                embedding: Optional[Array] = None,
-               output_ids: Optional[Array] = None) -> Array:
+               output_ids: Optional[Array] = None,
+               gathered: bool = False) -> Array:
     """Vocabulary logits.
 
     Args:
@@ -400,6 +401,8 @@ class OutputHead(nn.Module):
       output_ids: optional int [V'] vocabulary ids: logits only for these
         (a restricted output vocabulary: the projection's rows / columns and
         the bias are gathered, so the parameters keep their [V] layout).
+      gathered: the tied `embedding` is already the [V', D] rows of
+        `output_ids` (a decoder that projects several times gathers once).
 
     Returns:
       float32 [B, L, V] logits ([B, L, V'] with output_ids).
@@ -417,13 +420,13 @@ class OutputHead(nn.Module):
         raise ValueError('tie_output_embeddings=True needs the [vocab, embed] '
                          'word-embedding table.')
       kernel = jnp.asarray(embedding, cfg.compute_dtype)
-      if output_ids is not None:
+      if output_ids is not None and not gathered:
         kernel = jnp.take(kernel, output_ids, axis=0)
       # Accumulate in float32: logits feed a softmax / CRF over V classes.
       logits = jnp.einsum('bld,vd->blv', x, kernel,
                           preferred_element_type=jnp.float32)
     else:
-      if embedding is not None:
+      if embedding is not None or gathered:
         raise ValueError('Got an embedding table but tie_output_embeddings '
                          'is False.')
       kernel = param_with_axes('output_kernel', init,
@@ -464,13 +467,26 @@ class BertWithHead(nn.Module):
                         token_type_ids=token_type_ids,
                         deterministic=deterministic)
 
-  def logits(self, hidden: Array, output_ids: Optional[Array] = None) -> Array:
+  def logits(self, hidden: Array, output_ids: Optional[Array] = None,
+             output_rows: Optional[Array] = None) -> Array:
     """[B, L, D] hidden -> float32 [B, L, V] logits ([B, L, V'] for the
-    int [V'] `output_ids`)."""
+    int [V'] `output_ids`). `output_rows`: `self.output_rows(output_ids)`,
+    computed once by a caller that projects several times."""
+    if output_rows is not None:
+      return self.head(hidden, output_rows, output_ids, gathered=True)
     embedding = None
     if self.config.tie_output_embeddings:
       embedding = self.encoder.embeddings.word_embeddings.embedding
     return self.head(hidden, embedding, output_ids)
+
+  def output_rows(self, output_ids: Optional[Array]) -> Optional[Array]:
+    """The tied projection's [V', D] rows for `output_ids` (None when there is
+    nothing to gather: no restricted vocabulary, or an untied head)."""
+    if output_ids is None or not self.config.tie_output_embeddings:
+      return None
+    table = jnp.asarray(self.encoder.embeddings.word_embeddings.embedding,
+                        self.config.compute_dtype)
+    return jnp.take(table, output_ids, axis=0)
 
   def __call__(self, input_tokens: Array, *,
                attention_mask: Optional[Array] = None,
